@@ -1,1 +1,74 @@
-fn main(){}
+//! The `piqchat-inbox` command: `serve` (the default) and operator commands.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use piqchat_inbox::{app::App, clock::Clock, config::Config};
+
+/// Self-hostable inbox server for piqchat: receives end-to-end-encrypted,
+/// self-destructing images for the users who chose it.
+///
+/// Configuration comes from environment variables and an optional `.env`
+/// file in the working directory; see example.env.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match dotenvy::dotenv() {
+        Ok(_) => {}
+        Err(e) if e.not_found() => {}
+        Err(e) => return Err(e).context("reading .env"),
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config::from_env()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(config)),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.push_vapid_contact.is_none() {
+        tracing::warn!("PUSH_VAPID_CONTACT is not set: Web Push notifications are disabled");
+    }
+    let app = App::build(config, Clock::system()).await?;
+    tracing::info!(addr = %app.local_addr(), "piqchat inbox server listening");
+    app.run(shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,380 @@
+//! Request authentication: one tower layer in front of all three protocols
+//! verifies the RFC 9421 signature on the request *as received* (so
+//! `@method`, `@authority` and `@path` are what the client signed) and puts a
+//! [`Caller`] into the request extensions. Unsigned requests pass through
+//! without one; handlers that need a caller answer UNAUTHENTICATED. A request
+//! with a signature that does not check out stops here with 401, before any
+//! other work. The scheme is specified in `docs/AUTH.md`.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use sha2::{Digest, Sha256, Sha512};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::{
+    Protocol, gateway,
+    replay::{Replay, ReplayCache},
+};
+use crate::{
+    app::AppState,
+    clock::{Clock, Millis, SECOND},
+    domain::{Caller, UserId},
+    httpsig::{self, DigestAlg, ParsedSignature, RequestParts, SigError},
+};
+
+/// The label verified when a request carries several signatures.
+pub const PREFERRED_LABEL: &str = "piqchat";
+/// Longest accepted `Signature-Input` / `Signature` header (all lines together).
+const MAX_SIGNATURE_HEADER_BYTES: usize = 8 * 1024;
+/// Nonces: at least 16 random bytes (22 base64url characters), at most 128.
+const NONCE_LEN: std::ops::RangeInclusive<usize> = 22..=128;
+
+/// Checks signatures against this server's policy.
+pub struct Verifier {
+    /// The server's public key: the `tag` every signature must carry.
+    tag: String,
+    max_skew: Millis,
+    clock: Clock,
+    replay: ReplayCache,
+    /// Largest body read to check a covered Content-Digest.
+    max_body: usize,
+}
+
+/// Why a request was refused before it reached a handler.
+#[derive(Debug)]
+pub enum Rejection {
+    /// 401 / UNAUTHENTICATED with a short reason for the client.
+    Unauthenticated(String),
+    /// 503 / UNAVAILABLE: the replay cache is full.
+    Unavailable(&'static str),
+    /// 413 / RESOURCE_EXHAUSTED: a digest-covered body over the size limit.
+    TooLarge,
+}
+
+enum Kind {
+    TooLarge,
+    Other,
+}
+
+/// A verified signature: who signed, and the body digests to check, if covered.
+struct Verified {
+    caller: Caller,
+    digests: Vec<(DigestAlg, Vec<u8>)>,
+}
+
+impl Verifier {
+    pub fn new(state: &AppState, max_body: usize) -> Self {
+        Verifier {
+            max_body,
+            tag: state.identity.public_key(),
+            max_skew: i64::from(state.config.signature_max_skew_secs) * SECOND,
+            clock: state.clock.clone(),
+            replay: ReplayCache::new(state.config.replay_cache_max_entries),
+        }
+    }
+
+    /// `Ok(None)` for an unsigned request.
+    fn verify(&self, parts: &http::request::Parts) -> Result<Option<Verified>, Rejection> {
+        let headers = &parts.headers;
+        let has_input = headers.contains_key("signature-input");
+        let has_sig = headers.contains_key("signature");
+        if !has_input && !has_sig {
+            return Ok(None);
+        }
+        let fail = |reason: &str| Rejection::Unauthenticated(reason.to_owned());
+        if !has_input || !has_sig {
+            return Err(fail(
+                "both signature-input and signature headers are required",
+            ));
+        }
+        let size = |name: &str| headers.get_all(name).iter().map(|v| v.len()).sum::<usize>();
+        if size("signature-input") > MAX_SIGNATURE_HEADER_BYTES
+            || size("signature") > MAX_SIGNATURE_HEADER_BYTES
+        {
+            return Err(fail("signature headers are too large"));
+        }
+        let sigs = httpsig::parse(headers).map_err(sig_error)?;
+        let sig = choose(sigs)?;
+        let p = &sig.params;
+
+        if p.alg.as_deref() != Some("ed25519") {
+            return Err(fail("alg must be \"ed25519\""));
+        }
+        let keyid = p
+            .keyid
+            .as_deref()
+            .ok_or_else(|| fail("keyid is required"))?;
+        let user_id = UserId::parse(keyid)
+            .map_err(|_| fail("keyid must be a user id (43 characters of unpadded base64url)"))?;
+        if p.tag.as_deref() != Some(self.tag.as_str()) {
+            return Err(fail(
+                "tag must be this server's public key (server_public_key of GetInfo): the signature was made for another server",
+            ));
+        }
+        let nonce = p
+            .nonce
+            .as_deref()
+            .ok_or_else(|| fail("nonce is required"))?;
+        if !NONCE_LEN.contains(&nonce.len()) {
+            return Err(fail(
+                "nonce must be 22 to 128 characters (at least 16 random bytes)",
+            ));
+        }
+        let now = self.clock.now();
+        let created = p.created.ok_or_else(|| fail("created is required"))?;
+        let created_ms = created.saturating_mul(SECOND);
+        if created_ms < now - self.max_skew {
+            return Err(fail(
+                "signature is too old (created is outside the allowed window)",
+            ));
+        }
+        if created_ms > now + self.max_skew {
+            return Err(fail(
+                "signature is from the future (check the client's clock)",
+            ));
+        }
+        let mut forget_after = created_ms + self.max_skew;
+        if let Some(expires) = p.expires {
+            let expires_ms = expires.saturating_mul(SECOND);
+            if expires_ms <= now {
+                return Err(fail("signature has expired"));
+            }
+            forget_after = forget_after.min(expires_ms);
+        }
+        for required in ["@method", "@authority", "@path"] {
+            if !p.covers(required) {
+                return Err(Rejection::Unauthenticated(format!(
+                    "the signature must cover \"{required}\""
+                )));
+            }
+        }
+        let query = parts.uri.query();
+        if query.is_some() && !p.covers("@query") {
+            return Err(fail(
+                "the signature must cover \"@query\" when the request has a query",
+            ));
+        }
+
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .ok_or_else(|| fail("the request has no authority (Host header)"))?;
+        let request = RequestParts {
+            method: parts.method.as_str(),
+            authority,
+            scheme: parts.uri.scheme_str().unwrap_or("http"),
+            path: parts.uri.path(),
+            query,
+            headers,
+        };
+        let base = httpsig::signature_base(&sig, &request).map_err(sig_error)?;
+        httpsig::verify_ed25519(&base, &sig.signature, user_id.as_bytes()).map_err(sig_error)?;
+
+        // Only a verified signature may use up a nonce.
+        match self
+            .replay
+            .check_and_insert(user_id.as_bytes(), nonce, forget_after, now)
+        {
+            Replay::Fresh => {}
+            Replay::Replayed => return Err(fail("nonce was already used (replayed request)")),
+            Replay::Full => {
+                return Err(Rejection::Unavailable(
+                    "too many signed requests; retry shortly",
+                ));
+            }
+        }
+
+        let digests = if p.covers("content-digest") {
+            let value = headers
+                .get("content-digest")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| fail("content-digest is covered but missing"))?;
+            httpsig::parse_content_digest(value).map_err(sig_error)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Verified {
+            caller: Caller { user_id },
+            digests,
+        }))
+    }
+}
+
+/// The signature to verify: the one labelled `piqchat`, else the only one.
+fn choose(sigs: Vec<ParsedSignature>) -> Result<ParsedSignature, Rejection> {
+    if sigs.len() == 1 {
+        return Ok(sigs.into_iter().next().expect("one element"));
+    }
+    sigs.into_iter()
+        .find(|s| s.label == PREFERRED_LABEL)
+        .ok_or_else(|| {
+            Rejection::Unauthenticated(format!(
+                "several signatures and none labelled \"{PREFERRED_LABEL}\""
+            ))
+        })
+}
+
+fn sig_error(e: SigError) -> Rejection {
+    Rejection::Unauthenticated(e.to_string())
+}
+
+impl Rejection {
+    fn status(&self) -> Status {
+        match self {
+            Rejection::Unauthenticated(reason) => Status::unauthenticated(reason.clone()),
+            Rejection::Unavailable(reason) => Status::unavailable(*reason),
+            Rejection::TooLarge => {
+                Status::resource_exhausted("request body is larger than any call accepts")
+            }
+        }
+    }
+
+    /// The refusal in the caller's protocol: a trailers-only gRPC(-web)
+    /// response, or the gateway's JSON error.
+    fn into_response(self, protocol: Protocol) -> Response<Body> {
+        let status = self.status();
+        let self_kind = if matches!(self, Rejection::TooLarge) {
+            Kind::TooLarge
+        } else {
+            Kind::Other
+        };
+        match protocol {
+            Protocol::Http => gateway::error_response(
+                match self_kind {
+                    Kind::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+                    Kind::Other => gateway::http_status_from_code(status.code()),
+                },
+                status.code(),
+                status.message(),
+            ),
+            Protocol::Grpc | Protocol::GrpcWeb => {
+                let mut res = status.into_http::<Body>();
+                if protocol == Protocol::GrpcWeb {
+                    res.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc-web+proto"),
+                    );
+                }
+                res
+            }
+        }
+    }
+}
+
+fn refuse_now(
+    protocol: Protocol,
+    parts: &http::request::Parts,
+    rejection: Rejection,
+) -> Response<Body> {
+    tracing::info!(path = %parts.uri.path(), reason = ?rejection, "request refused");
+    rejection.into_response(protocol)
+}
+
+fn refuse<E: Send + 'static>(
+    protocol: Protocol,
+    parts: &http::request::Parts,
+    rejection: Rejection,
+) -> BoxFuture<'static, Result<Response<Body>, E>> {
+    let response = refuse_now(protocol, parts, rejection);
+    Box::pin(async move { Ok(response) })
+}
+
+/// The tower layer that runs a [`Verifier`] on every request.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<Verifier>,
+}
+
+impl AuthLayer {
+    pub fn new(verifier: Verifier) -> Self {
+        AuthLayer {
+            verifier: Arc::new(verifier),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    verifier: Arc<Verifier>,
+}
+
+impl<S> Service<Request<Body>> for Auth<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let protocol = Protocol::of(&req);
+        let (mut parts, body) = req.into_parts();
+        let digests = match self.verifier.verify(&parts) {
+            Ok(None) => Vec::new(),
+            Ok(Some(verified)) => {
+                parts.extensions.insert(verified.caller);
+                verified.digests
+            }
+            Err(rejection) => return refuse(protocol, &parts, rejection),
+        };
+        // Take the service that was driven to readiness; leave a fresh clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if digests.is_empty() {
+            return Box::pin(inner.call(Request::from_parts(parts, body)));
+        }
+        // A covered Content-Digest is checked before the handler sees the
+        // body, so the body is read first (bounded by the largest request any
+        // route accepts). Only clients that opt into the digest pay for it.
+        let max_body = self.verifier.max_body;
+        Box::pin(async move {
+            let bytes = match Limited::new(body, max_body).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return Ok(refuse_now(protocol, &parts, Rejection::TooLarge)),
+            };
+            let matches = digests.iter().all(|(alg, expected)| {
+                let actual = match alg {
+                    DigestAlg::Sha256 => Sha256::digest(&bytes).to_vec(),
+                    DigestAlg::Sha512 => Sha512::digest(&bytes).to_vec(),
+                };
+                &actual == expected
+            });
+            if !matches {
+                let rejection =
+                    Rejection::Unauthenticated("content-digest does not match the body".into());
+                return Ok(refuse_now(protocol, &parts, rejection));
+            }
+            inner
+                .call(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        })
+    }
+}

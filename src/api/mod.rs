@@ -1,0 +1,289 @@
+//! The edge: the only code that sees tonic, axum, prost or wire JSON.
+//!
+//! One service answers every request on the port. From the outside in:
+//! CORS → authentication (RFC 9421, inserts a `Caller`) → a split by
+//! content type: `application/grpc` to the tonic routes, `application/grpc-web`
+//! to the same routes behind `GrpcWebLayer`, everything else to an axum router
+//! with the plain HTTP pages and, as its fallback, the JSON gateway that
+//! transcodes `/v1/...` requests into in-process calls of the same routes.
+
+mod accounts;
+pub mod auth;
+mod backups;
+mod exchanges;
+pub mod gateway;
+mod info;
+mod pages;
+mod parcels;
+pub mod replay;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use http::{HeaderName, Method, Request, header};
+use prost_reflect::DescriptorPool;
+use tonic::{Status, service::Routes};
+use tower::{ServiceBuilder, ServiceExt as _, util::BoxCloneSyncService};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    app::{AppState, HttpService},
+    config::Limits,
+    domain::Caller,
+    pb,
+};
+
+/// The encoded descriptor set of `proto/`, with `google.api.http` options
+/// intact: the source of reflection and of the gateway's route table.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/piqchat_descriptor.bin"));
+
+/// Builds the whole HTTP service for one server instance.
+pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
+    let limits = MessageLimits::new(&state.config.limits);
+    let grpc = grpc_router(state, &limits)?;
+
+    let grpc_web: HttpService = BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .map_response(|res: http::Response<tonic::body::Body>| res.map(Body::new))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .map_response(|res: http::Response<Body>| res.map(tonic::body::Body::new))
+            .service(grpc.clone()),
+    );
+
+    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
+    let gateway = gateway::Gateway::new(&pool, grpc.clone(), limits.gateway_limits())?;
+    let http = pages::router().fallback_service(gateway);
+
+    let dispatch = tower::service_fn(move |req: Request<Body>| {
+        let target = match Protocol::of(&req) {
+            Protocol::Grpc => Target::Router(grpc.clone()),
+            Protocol::GrpcWeb => Target::Service(grpc_web.clone()),
+            Protocol::Http => Target::Router(http.clone()),
+        };
+        async move {
+            match target {
+                Target::Router(r) => r.oneshot(req).await,
+                Target::Service(s) => s.oneshot(req).await,
+            }
+        }
+    });
+
+    let verifier = auth::Verifier::new(state, limits.largest() * 2);
+    Ok(BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(cors())
+            .layer(auth::AuthLayer::new(verifier))
+            .service(dispatch),
+    ))
+}
+
+enum Target {
+    Router(axum::Router),
+    Service(HttpService),
+}
+
+/// Which of the three protocols a request speaks, from its content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    GrpcWeb,
+    Http,
+}
+
+impl Protocol {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if ct.starts_with("application/grpc-web") {
+            Protocol::GrpcWeb
+        } else if ct.starts_with("application/grpc") {
+            Protocol::Grpc
+        } else {
+            Protocol::Http
+        }
+    }
+}
+
+fn grpc_router(state: &AppState, limits: &MessageLimits) -> anyhow::Result<axum::Router> {
+    use pb::{
+        account_service_server::AccountServiceServer, backup_service_server::BackupServiceServer,
+        exchange_service_server::ExchangeServiceServer, info_service_server::InfoServiceServer,
+        parcel_service_server::ParcelServiceServer,
+    };
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Everything is served by this one process: SERVING for "" and each name.
+    for name in SERVICE_NAMES {
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            reporter
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await
+        });
+    }
+
+    let api = Api(state.clone());
+    let routes = Routes::builder()
+        .add_service(
+            InfoServiceServer::new(api.clone()).max_decoding_message_size(limits.get(INFO_SERVICE)),
+        )
+        .add_service(
+            ExchangeServiceServer::new(api.clone())
+                .max_decoding_message_size(limits.get(EXCHANGE_SERVICE)),
+        )
+        .add_service(
+            ParcelServiceServer::new(api.clone())
+                .max_decoding_message_size(limits.get(PARCEL_SERVICE)),
+        )
+        .add_service(
+            AccountServiceServer::new(api.clone())
+                .max_decoding_message_size(limits.get(ACCOUNT_SERVICE)),
+        )
+        .add_service(
+            BackupServiceServer::new(api).max_decoding_message_size(limits.get(BACKUP_SERVICE)),
+        )
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(health)
+        .clone()
+        .routes();
+    Ok(routes.into_axum_router())
+}
+
+const INFO_SERVICE: &str = "piqchat.inbox.v1.InfoService";
+const EXCHANGE_SERVICE: &str = "piqchat.inbox.v1.ExchangeService";
+const PARCEL_SERVICE: &str = "piqchat.inbox.v1.ParcelService";
+const ACCOUNT_SERVICE: &str = "piqchat.inbox.v1.AccountService";
+const BACKUP_SERVICE: &str = "piqchat.inbox.v1.BackupService";
+const SERVICE_NAMES: [&str; 6] = [
+    "",
+    INFO_SERVICE,
+    EXCHANGE_SERVICE,
+    PARCEL_SERVICE,
+    ACCOUNT_SERVICE,
+    BACKUP_SERVICE,
+];
+
+/// The largest request message each service decodes, derived from the
+/// configured limits: only the parcel service takes large messages.
+struct MessageLimits(HashMap<&'static str, usize>);
+
+/// Room for field tags, ids and the other small fields of a message.
+const ENVELOPE: usize = 16 * 1024;
+
+impl MessageLimits {
+    fn new(l: &Limits) -> Self {
+        let n = |v: u32| v as usize;
+        let per_recipient = n(l.max_content_bytes) + 128;
+        MessageLimits(HashMap::from([
+            (INFO_SERVICE, ENVELOPE),
+            (
+                EXCHANGE_SERVICE,
+                2 * n(l.max_exchange_card_bytes) + ENVELOPE,
+            ),
+            (
+                PARCEL_SERVICE,
+                n(l.max_attachment_bytes) + n(l.max_recipients) * per_recipient + ENVELOPE,
+            ),
+            (ACCOUNT_SERVICE, n(l.max_contacts) * 48 + ENVELOPE),
+            (BACKUP_SERVICE, n(l.max_backup_bytes) + ENVELOPE),
+        ]))
+    }
+
+    fn largest(&self) -> usize {
+        self.0.values().copied().max().unwrap_or(ENVELOPE)
+    }
+
+    fn get(&self, service: &str) -> usize {
+        self.0.get(service).copied().unwrap_or(ENVELOPE)
+    }
+
+    /// JSON spells the same message larger: base64 for bytes (4/3) and
+    /// escapes in strings; allow twice the binary size.
+    fn gateway_limits(&self) -> gateway::BodyLimits {
+        gateway::BodyLimits {
+            default: ENVELOPE * 2,
+            per_service: self
+                .0
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v * 2))
+                .collect(),
+        }
+    }
+}
+
+/// CORS for the browser app on another origin: signatures, not cookies,
+/// authenticate, so any origin may call; gRPC-web clients must be able to
+/// read the status headers.
+fn cors() -> CorsLayer {
+    const ALLOW: [&str; 10] = [
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "signature",
+        "signature-input",
+        "content-digest",
+        "x-client-version",
+        "connect-protocol-version",
+        "accept",
+    ];
+    const EXPOSE: [&str; 5] = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "x-content-length",
+        "content-length",
+    ];
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ])
+        .allow_headers(ALLOW.map(HeaderName::from_static))
+        .expose_headers(EXPOSE.map(HeaderName::from_static))
+        .max_age(std::time::Duration::from_secs(24 * 3600))
+}
+
+/// The handle every generated service trait is implemented on.
+#[derive(Clone)]
+pub(crate) struct Api(pub(crate) AppState);
+
+/// The authenticated caller of a request, or UNAUTHENTICATED.
+pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+    req.extensions().get::<Caller>().copied().ok_or_else(|| {
+        Status::unauthenticated("this call needs a signed request (see docs/AUTH.md)")
+    })
+}
+
+/// The `x-client-version` header, if present and printable.
+pub(crate) fn client_version<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.metadata()
+        .get("x-client-version")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_owned)
+}
+
+/// Converts unix milliseconds to a protobuf timestamp.
+pub(crate) fn timestamp(ms: crate::clock::Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}

@@ -1,0 +1,152 @@
+//! All wiring: opens the store, loads the server identity, builds the router
+//! and binds the listener. `App::run` serves until the shutdown future fires.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::body::Body;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tower::util::BoxCloneSyncService;
+
+use crate::{
+    api, clock::Clock, config::Config, domain::info::StatsCache, identity::ServerIdentity,
+    store::Store,
+};
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub identity: Arc<ServerIdentity>,
+    pub clock: Clock,
+    pub stats: Arc<StatsCache>,
+}
+
+impl AppState {
+    /// Opens the database (creating and migrating it) and loads or creates
+    /// the server's keys. Used by `serve` and by operator commands alike.
+    pub async fn open(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let store = Store::open(&config.database_path)
+            .await
+            .with_context(|| format!("opening database {}", config.database_path.display()))?;
+        let identity = ServerIdentity::load_or_create(&store)
+            .await
+            .context("loading the server keys")?;
+        Ok(AppState {
+            config: Arc::new(config),
+            store,
+            identity: Arc::new(identity),
+            clock,
+            stats: Arc::default(),
+        })
+    }
+}
+
+pub type HttpService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// A bound, ready-to-run server.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    service: HttpService,
+}
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+impl App {
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(config.bind_address, config.port);
+        let state = AppState::open(config, clock).await?;
+        let service = api::service(&state).context("building the API")?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        Ok(App {
+            listener,
+            state,
+            service,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on the one
+    /// port until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let App {
+            listener,
+            state,
+            service,
+        } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .max_buf_size(64 * 1024)
+            .timer(hyper_util::rt::TokioTimer::new());
+        builder.http1().header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .max_header_list_size(64 * 1024)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(60));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _peer) = match accepted {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off
+                            // rather than spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let svc = service.clone();
+                    let hyper_svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+                        svc,
+                        |req: http::Request<hyper::body::Incoming>| req.map(Body::new),
+                    ));
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: waiting for in-flight requests");
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+        state.store.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,513 @@
+//! A signing client: what a server-to-server client or a tool in Rust uses to
+//! talk to an inbox server. Every request is signed as `docs/AUTH.md` says;
+//! nothing else in the project implements signing.
+//!
+//! - [`UserKey`]: an Ed25519 key pair and its user id.
+//! - [`RequestSigner`]: adds `Signature-Input` / `Signature` to an HTTP request.
+//! - [`SigningLayer`]: a tower layer that signs every request, e.g. around a
+//!   tonic [`Channel`] for gRPC ([`connect`]).
+//! - [`HttpClient`]: HTTP/1.1 calls for gRPC-web (unary and server streaming)
+//!   and the JSON gateway.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tonic::{Code, Status, transport::Channel};
+use tower::{Layer, Service};
+
+use crate::{
+    api::auth::PREFERRED_LABEL,
+    clock::Clock,
+    domain::UserId,
+    httpsig::{self, ComponentId, RequestParts, SigError, SignatureParams},
+    identity::random_bytes,
+};
+
+/// An Ed25519 key pair: the secret is the 32-byte seed.
+#[derive(Clone)]
+pub struct UserKey {
+    secret: [u8; 32],
+    user_id: UserId,
+}
+
+impl UserKey {
+    pub fn generate() -> Self {
+        Self::from_secret(random_bytes::<32>())
+    }
+
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        let public = httpsig::public_key_from_secret(&secret);
+        UserKey {
+            secret,
+            user_id: UserId::from_bytes(public),
+        }
+    }
+
+    /// Parses a secret key written as unpadded base64url (43 characters).
+    pub fn from_base64url(text: &str) -> Result<Self, String> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| "secret key must be unpadded base64url".to_owned())?;
+        let secret: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "secret key must be 32 bytes".to_owned())?;
+        Ok(Self::from_secret(secret))
+    }
+
+    pub fn user_id(&self) -> UserId {
+        self.user_id
+    }
+
+    pub fn secret_base64url(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.secret)
+    }
+}
+
+impl fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserKey")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signs requests for one server with one key.
+#[derive(Clone)]
+pub struct RequestSigner {
+    key: Arc<UserKey>,
+    /// The target server's public key (GetInfo's `server_public_key`).
+    server_tag: String,
+    clock: Clock,
+    extra_components: Vec<String>,
+}
+
+impl RequestSigner {
+    pub fn new(key: UserKey, server_tag: impl Into<String>) -> Self {
+        RequestSigner {
+            key: Arc::new(key),
+            server_tag: server_tag.into(),
+            clock: Clock::system(),
+            extra_components: Vec::new(),
+        }
+    }
+
+    /// Uses `clock` for `created` (tests move time).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Also covers these request headers when present (e.g. `x-client-version`).
+    pub fn covering(mut self, headers: &[&str]) -> Self {
+        self.extra_components = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        self
+    }
+
+    pub fn key(&self) -> &UserKey {
+        &self.key
+    }
+
+    pub fn user_id(&self) -> UserId {
+        self.key.user_id
+    }
+
+    /// The parameters of a fresh signature: now, a new 128-bit nonce.
+    pub fn params(
+        &self,
+        has_query: bool,
+        headers: &HeaderMap,
+    ) -> Result<SignatureParams, SigError> {
+        let mut names = vec!["@method", "@authority", "@path"];
+        if has_query {
+            names.push("@query");
+        }
+        for h in &self.extra_components {
+            if headers.contains_key(h.as_str()) {
+                names.push(h);
+            }
+        }
+        Ok(SignatureParams {
+            components: names
+                .into_iter()
+                .map(ComponentId::parse)
+                .collect::<Result<_, _>>()?,
+            created: Some(self.clock.now().div_euclid(1000)),
+            expires: None,
+            nonce: Some(URL_SAFE_NO_PAD.encode(random_bytes::<16>())),
+            alg: Some("ed25519".into()),
+            keyid: Some(self.key.user_id.to_string()),
+            tag: Some(self.server_tag.clone()),
+        })
+    }
+
+    /// Computes the two header values for a request to `uri` (absolute, or
+    /// origin-form with the authority taken from the `Host` header).
+    pub fn sign(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<(String, String), SigError> {
+        self.sign_with(
+            &self.params(uri.query().is_some(), headers)?,
+            method,
+            uri,
+            headers,
+        )
+    }
+
+    /// Like [`sign`](Self::sign) with given parameters (tests use this to
+    /// make deliberately wrong signatures).
+    pub fn sign_with(
+        &self,
+        params: &SignatureParams,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<(String, String), SigError> {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .ok_or(SigError::BadInput("the request has no authority"))?;
+        let parts = RequestParts {
+            method: method.as_str(),
+            authority,
+            scheme: uri.scheme_str().unwrap_or("http"),
+            path: uri.path(),
+            query: uri.query(),
+            headers,
+        };
+        httpsig::sign_ed25519(PREFERRED_LABEL, params, &parts, &self.key.secret)
+    }
+
+    /// Adds the signature headers to `req`.
+    pub fn sign_request<B>(&self, req: &mut Request<B>) -> Result<(), SigError> {
+        let (input, signature) = self.sign(req.method(), req.uri(), req.headers())?;
+        let headers = req.headers_mut();
+        headers.insert(
+            "signature-input",
+            HeaderValue::try_from(input).map_err(|_| SigError::BadInput("header value"))?,
+        );
+        headers.insert(
+            "signature",
+            HeaderValue::try_from(signature).map_err(|_| SigError::BadInput("header value"))?,
+        );
+        Ok(())
+    }
+}
+
+/// Signs every request passing through.
+#[derive(Clone)]
+pub struct SigningLayer {
+    signer: RequestSigner,
+}
+
+impl SigningLayer {
+    pub fn new(signer: RequestSigner) -> Self {
+        SigningLayer { signer }
+    }
+}
+
+impl<S> Layer<S> for SigningLayer {
+    type Service = Signing<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Signing {
+            inner,
+            signer: self.signer.clone(),
+            origin: None,
+        }
+    }
+}
+
+/// The service made by [`SigningLayer`].
+#[derive(Clone)]
+pub struct Signing<S> {
+    inner: S,
+    signer: RequestSigner,
+    /// Scheme and authority for requests that have none: generated tonic
+    /// clients send origin-form URIs and let the channel add the origin.
+    origin: Option<Uri>,
+}
+
+impl<S> Signing<S> {
+    /// Fills in `origin` (e.g. `http://127.0.0.1:8080`) for requests whose
+    /// URI has no authority, so that `@authority` can be signed.
+    pub fn with_origin(mut self, origin: Uri) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+}
+
+impl<S, B> Service<Request<B>> for Signing<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let (None, Some(origin)) = (req.uri().authority(), &self.origin) {
+            let mut parts = origin.clone().into_parts();
+            parts.path_and_query = req.uri().path_and_query().cloned();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        // Signing fails only for a request without an authority, which a
+        // tonic channel never sends; the server then refuses it as unsigned.
+        if let Err(e) = self.signer.sign_request(&mut req) {
+            tracing::warn!(error = %e, "could not sign request");
+        }
+        self.inner.call(req)
+    }
+}
+
+/// A gRPC channel that signs every call.
+pub type SignedChannel = Signing<Channel>;
+
+/// Connects to `url` (e.g. `http://127.0.0.1:8080`) over HTTP/2.
+pub async fn connect(
+    url: &str,
+    signer: RequestSigner,
+) -> Result<SignedChannel, tonic::transport::Error> {
+    let endpoint = Channel::from_shared(url.to_owned()).expect("a valid URL");
+    let origin = endpoint.uri().clone();
+    let channel = endpoint.connect().await?;
+    Ok(SigningLayer::new(signer).layer(channel).with_origin(origin))
+}
+
+/// An unsigned channel, for public calls.
+pub async fn connect_anonymous(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(url.to_owned())
+        .expect("a valid URL")
+        .connect()
+        .await
+}
+
+/// HTTP/1.1 client for gRPC-web and the JSON gateway, signing when it has a
+/// signer.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    signer: Option<RequestSigner>,
+}
+
+/// A whole HTTP response.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl HttpClient {
+    /// `base` is the server's URL without a trailing slash.
+    pub fn new(base: &str, signer: Option<RequestSigner>) -> Self {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.trim_end_matches('/').to_owned(),
+            signer,
+        }
+    }
+
+    pub fn signer(&self) -> Option<&RequestSigner> {
+        self.signer.as_ref()
+    }
+
+    /// Builds a request to `path_and_query`, signed if this client signs.
+    pub fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path_and_query))
+            .body(Full::new(body))
+            .expect("valid request parts");
+        req.headers_mut().extend(headers);
+        if let Some(signer) = &self.signer {
+            if let Err(e) = signer.sign_request(&mut req) {
+                tracing::warn!(error = %e, "could not sign request");
+            }
+        }
+        req
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<HttpReply, Status> {
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| Status::unavailable(format!("request failed: {e}")))?;
+        let (parts, body) = res.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the response failed: {e}")))?
+            .to_bytes();
+        Ok(HttpReply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// A JSON gateway call; `body` is sent as `application/json` when given.
+    pub async fn json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<HttpReply, Status> {
+        let mut headers = HeaderMap::new();
+        let bytes = match body {
+            Some(v) => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Bytes::from(serde_json::to_vec(v).expect("JSON values serialise"))
+            }
+            None => Bytes::new(),
+        };
+        self.send(self.request(method, path_and_query, headers, bytes))
+            .await
+    }
+
+    /// A unary gRPC-web call (binary `application/grpc-web+proto`), as a
+    /// browser makes it.
+    pub async fn grpc_web_unary<Req, Res>(&self, path: &str, message: &Req) -> Result<Res, Status>
+    where
+        Req: prost::Message,
+        Res: prost::Message + Default,
+    {
+        let mut messages = self.grpc_web_call(path, message).await?;
+        if messages.len() != 1 {
+            return Err(Status::internal(format!(
+                "expected one response message, got {}",
+                messages.len()
+            )));
+        }
+        Ok(messages.remove(0))
+    }
+
+    /// A server-streaming gRPC-web call; returns every message.
+    pub async fn grpc_web_call<Req, Res>(
+        &self,
+        path: &str,
+        message: &Req,
+    ) -> Result<Vec<Res>, Status>
+    where
+        Req: prost::Message,
+        Res: prost::Message + Default,
+    {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc-web+proto"),
+        );
+        headers.insert("x-grpc-web", HeaderValue::from_static("1"));
+        let reply = self
+            .send(self.request(
+                Method::POST,
+                path,
+                headers,
+                grpc_frame(0, &message.encode_to_vec()),
+            ))
+            .await?;
+        decode_grpc_web(reply)
+    }
+}
+
+/// A gRPC length-prefixed frame.
+pub fn grpc_frame(flags: u8, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 + payload.len());
+    buf.put_u8(flags);
+    buf.put_u32(payload.len() as u32);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// Splits a gRPC-web response into messages and checks its status, which
+/// comes in the headers (trailers-only) or in a trailer frame.
+fn decode_grpc_web<Res: prost::Message + Default>(reply: HttpReply) -> Result<Vec<Res>, Status> {
+    if reply.status != http::StatusCode::OK {
+        return Err(Status::unknown(format!("HTTP status {}", reply.status)));
+    }
+    let mut trailers = reply.headers.clone();
+    let mut body = reply.body;
+    let mut messages = Vec::new();
+    while body.has_remaining() {
+        if body.len() < 5 {
+            return Err(Status::internal("truncated gRPC-web frame"));
+        }
+        let flags = body.get_u8();
+        let len = body.get_u32() as usize;
+        if body.len() < len {
+            return Err(Status::internal("truncated gRPC-web frame"));
+        }
+        let payload = body.split_to(len);
+        if flags & 0x80 != 0 {
+            for line in String::from_utf8_lossy(&payload).split("\r\n") {
+                if let Some((name, value)) = line.split_once(':') {
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::try_from(name.trim().to_ascii_lowercase()),
+                        HeaderValue::try_from(value.trim()),
+                    ) {
+                        trailers.insert(n, v);
+                    }
+                }
+            }
+        } else {
+            messages.push(
+                Res::decode(payload).map_err(|e| Status::internal(format!("bad message: {e}")))?,
+            );
+        }
+    }
+    let code = trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .ok_or_else(|| Status::internal("gRPC-web response without grpc-status"))?;
+    if code != 0 {
+        let message = trailers
+            .get("grpc-message")
+            .map(|v| {
+                percent_encoding::percent_decode(v.as_bytes())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        return Err(Status::new(Code::from_i32(code), message));
+    }
+    Ok(messages)
+}

@@ -1,0 +1,317 @@
+//! Typed configuration, read once from the environment (and an optional
+//! `.env`, loaded by `main`). Every error names the variable to fix.
+
+use std::{fmt, net::IpAddr, path::PathBuf};
+
+use crate::domain::UserId;
+
+/// The effective configuration of one server instance.
+#[derive(Clone)]
+pub struct Config {
+    /// Address the server binds to (`BIND_ADDRESS`).
+    pub bind_address: IpAddr,
+    /// TCP port (`PORT`); 0 picks a free one.
+    pub port: u16,
+    /// SQLite database file (`DATABASE_PATH`).
+    pub database_path: PathBuf,
+    /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`).
+    pub attachments_path: PathBuf,
+    /// Public base URL, e.g. `https://inbox.example.org` (`PUBLIC_URL`).
+    pub public_url: Option<String>,
+    pub admin_display_name: String,
+    pub admin_message: String,
+    /// The admin's user id (`ADMIN_ID`, or the historical `ADMIN_UUID`).
+    pub admin_id: Option<UserId>,
+    pub privacy_policy_url: String,
+    /// VAPID subject; push is disabled when absent (`PUSH_VAPID_CONTACT`).
+    pub push_vapid_contact: Option<String>,
+    pub push_ttl_days: u32,
+    pub exchange_ttl_minutes: u32,
+    /// Force a fresh sign-up invite at start (`CREATE_SIGN_UP_INVITE`).
+    pub create_sign_up_invite: bool,
+    /// Allowed distance between a signature's `created` and the server clock.
+    pub signature_max_skew_secs: u32,
+    /// Most (key, nonce) pairs remembered for replay protection.
+    pub replay_cache_max_entries: usize,
+    pub limits: Limits,
+}
+
+/// Sizes and counts a request must stay within.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_attachment_bytes: u32,
+    pub max_content_bytes: u32,
+    pub max_recipients: u32,
+    pub max_exchange_card_bytes: u32,
+    pub max_backup_bytes: u32,
+    pub max_contacts: u32,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the
+    /// process environment. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let admin_id = match env.get("ADMIN_ID") {
+            Some(v) => Some(parse_user_id("ADMIN_ID", &v)?),
+            None => match env.get("ADMIN_UUID") {
+                Some(v) => Some(parse_user_id("ADMIN_UUID", &v)?),
+                None => None,
+            },
+        };
+        let push_vapid_contact = env
+            .get("PUSH_VAPID_CONTACT")
+            .map(|v| check_vapid_contact(&v).map(|()| v))
+            .transpose()?;
+        let public_url = env
+            .get("PUBLIC_URL")
+            .map(|v| check_public_url(&v))
+            .transpose()?;
+        Ok(Config {
+            bind_address: env.parse("BIND_ADDRESS", "0.0.0.0".parse().expect("literal"))?,
+            port: env.parse("PORT", 8080)?,
+            database_path: env.path("DATABASE_PATH", "data/inbox.sqlite"),
+            attachments_path: env.path("PARCEL_ATTACHMENTS_UPLOAD_PATH", "data/attachments"),
+            public_url,
+            admin_display_name: env.get("ADMIN_DISPLAY_NAME").unwrap_or_default(),
+            // Operators write line breaks as a literal `\n` in env files.
+            admin_message: env
+                .get("ADMIN_MESSAGE")
+                .unwrap_or_default()
+                .replace("\\n", "\n"),
+            admin_id,
+            privacy_policy_url: env.get("ADMIN_PRIVACY_POLICY_URL").unwrap_or_default(),
+            push_vapid_contact,
+            push_ttl_days: env.ranged("PUSH_TIME_TO_LIVE_ON_SERVICE_IN_DAYS", 3, 1, 28)?,
+            exchange_ttl_minutes: env.ranged(
+                "CONTACT_EXCHANGE_TIME_TO_LIVE_IN_MIN",
+                60,
+                1,
+                7 * 24 * 60,
+            )?,
+            create_sign_up_invite: env.parse_bool("CREATE_SIGN_UP_INVITE", false)?,
+            signature_max_skew_secs: env.ranged("SIGNATURE_MAX_SKEW_SECONDS", 300, 5, 3600)?,
+            replay_cache_max_entries: env.ranged(
+                "REPLAY_CACHE_MAX_ENTRIES",
+                500_000,
+                1_000,
+                50_000_000,
+            )? as usize,
+            limits: Limits {
+                max_attachment_bytes: env.ranged("MAX_ATTACHMENT_BYTES", 20 << 20, 1, 256 << 20)?,
+                max_content_bytes: env.ranged("MAX_CONTENT_BYTES", 64 << 10, 1, 1 << 20)?,
+                max_recipients: env.ranged("MAX_RECIPIENTS", 100, 1, 1000)?,
+                max_exchange_card_bytes: env.ranged(
+                    "MAX_EXCHANGE_CARD_BYTES",
+                    64 << 10,
+                    1,
+                    1 << 20,
+                )?,
+                max_backup_bytes: env.ranged("MAX_BACKUP_BYTES", 1 << 20, 1, 16 << 20)?,
+                max_contacts: env.ranged("MAX_CONTACTS", 5000, 1, 100_000)?,
+            },
+        })
+    }
+
+    /// A configuration for tests and tools: defaults, files under `dir`.
+    pub fn for_dir(dir: &std::path::Path) -> Self {
+        let mut config = Self::from_lookup(|_| None).expect("defaults are valid");
+        config.bind_address = "127.0.0.1".parse().expect("literal");
+        config.port = 0;
+        config.database_path = dir.join("inbox.sqlite");
+        config.attachments_path = dir.join("attachments");
+        config
+    }
+}
+
+// Nothing here is secret today; Debug is written by hand so that a future
+// secret field has to be considered here rather than leaking by derive.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bind_address", &self.bind_address)
+            .field("port", &self.port)
+            .field("database_path", &self.database_path)
+            .field("attachments_path", &self.attachments_path)
+            .field("public_url", &self.public_url)
+            .field("admin_display_name", &self.admin_display_name)
+            .field("admin_message", &self.admin_message)
+            .field("admin_id", &self.admin_id.as_ref().map(UserId::short))
+            .field("privacy_policy_url", &self.privacy_policy_url)
+            .field("push_vapid_contact", &self.push_vapid_contact)
+            .field("push_ttl_days", &self.push_ttl_days)
+            .field("exchange_ttl_minutes", &self.exchange_ttl_minutes)
+            .field("create_sign_up_invite", &self.create_sign_up_invite)
+            .field("signature_max_skew_secs", &self.signature_max_skew_secs)
+            .field("replay_cache_max_entries", &self.replay_cache_max_entries)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn path(&self, var: &str, default: &str) -> PathBuf {
+        PathBuf::from(self.get(var).unwrap_or_else(|| default.to_owned()))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| ConfigError {
+                var,
+                message: format!("cannot parse {v:?}"),
+            }),
+        }
+    }
+
+    fn ranged(
+        &self,
+        var: &'static str,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> Result<u32, ConfigError> {
+        let value: u64 = self
+            .parse(var, u64::from(default))
+            .map_err(|_| ConfigError {
+                var,
+                message: format!("expected a whole number from {min} to {max}"),
+            })?;
+        if value < u64::from(min) || value > u64::from(max) {
+            return Err(ConfigError {
+                var,
+                message: format!("{value} is out of range; expected {min} to {max}"),
+            });
+        }
+        Ok(value as u32)
+    }
+
+    fn parse_bool(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self
+            .get(var)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => Ok(default),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some("0" | "false" | "no" | "off") => Ok(false),
+            Some(other) => Err(ConfigError {
+                var,
+                message: format!("expected true or false, got {other:?}"),
+            }),
+        }
+    }
+}
+
+fn parse_user_id(var: &'static str, value: &str) -> Result<UserId, ConfigError> {
+    UserId::parse(value).map_err(|e| ConfigError {
+        var,
+        message: e.to_string(),
+    })
+}
+
+/// Push services (Apple's in particular) reject VAPID subjects that are not a
+/// real `mailto:` or `https:` URL.
+fn check_vapid_contact(value: &str) -> Result<(), ConfigError> {
+    let ok = match value.split_once(':') {
+        Some(("mailto", rest)) => rest.contains('@') && !rest.contains(char::is_whitespace),
+        Some(("https", rest)) => rest.starts_with("//") && rest.len() > 2,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            var: "PUSH_VAPID_CONTACT",
+            message: format!("expected a mailto: or https: URL, got {value:?}"),
+        })
+    }
+}
+
+fn check_public_url(value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim_end_matches('/');
+    let parsed: Result<http::Uri, _> = trimmed.parse();
+    match parsed {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some()
+                && uri
+                    .path_and_query()
+                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()) =>
+        {
+            Ok(trimmed.to_owned())
+        }
+        _ => Err(ConfigError {
+            var: "PUBLIC_URL",
+            message: format!("expected an absolute http(s) URL without a path, got {value:?}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.limits.max_attachment_bytes, 20 << 20);
+        assert_eq!(c.exchange_ttl_minutes, 60);
+        assert!(c.push_vapid_contact.is_none());
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("PORT", "70000"),
+            ("CREATE_SIGN_UP_INVITE", "maybe"),
+            ("PUSH_VAPID_CONTACT", "admin@example.org"),
+            ("ADMIN_UUID", "not-a-key"),
+            ("CONTACT_EXCHANGE_TIME_TO_LIVE_IN_MIN", "0"),
+            ("PUBLIC_URL", "ftp://x"),
+        ] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn admin_message_line_breaks() {
+        let c = config(&[("ADMIN_MESSAGE", "a\\nb")]).unwrap();
+        assert_eq!(c.admin_message, "a\nb");
+    }
+}

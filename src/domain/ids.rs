@@ -1,0 +1,162 @@
+//! Identifiers parsed at the edge: once a value has one of these types it is
+//! known to be well-formed.
+
+use std::fmt;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use crate::error::Error;
+
+/// A user: the 32 bytes of their Ed25519 public key. Text form: unpadded
+/// base64url, 43 characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId([u8; 32]);
+
+impl UserId {
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let invalid = || {
+            Error::InvalidArgument(
+                "invalid user id: expected 43 characters of unpadded base64url (a 32-byte Ed25519 public key)".into(),
+            )
+        };
+        if text.len() != 43 {
+            return Err(invalid());
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| invalid())?;
+        Ok(UserId(bytes))
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        UserId(bytes)
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(UserId)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first 6 characters, for logs: enough to correlate, not to identify.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(6);
+        s
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
+
+// Debug shows only the short form so that a stray `{:?}` cannot log a full id.
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({}…)", self.short())
+    }
+}
+
+/// A random 128-bit identifier in UUID text form (122 random bits, v4):
+/// used for exchange tokens, parcel ids and attachment names.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $name(uuid::Uuid);
+
+        impl $name {
+            pub fn random() -> Self {
+                $name(uuid::Uuid::new_v4())
+            }
+
+            pub fn parse(text: &str) -> Result<Self, Error> {
+                uuid::Uuid::try_parse(text)
+                    .ok()
+                    .filter(|u| u.get_version_num() == 4)
+                    .map($name)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            concat!("invalid ", $what, ": expected a UUID like {}"),
+                            "3f2b8c1e-5d4a-4b7e-9c2d-1a2b3c4d5e6f"
+                        ))
+                    })
+            }
+
+            pub fn short(&self) -> String {
+                let mut s = self.to_string();
+                s.truncate(6);
+                s
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({}…)"), self.short())
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// The one-time credential of a contact exchange.
+    ExchangeToken,
+    "exchange token"
+);
+uuid_id!(
+    /// A parcel, as its recipient names it.
+    ParcelId,
+    "parcel id"
+);
+uuid_id!(
+    /// An attachment file; doubles as its file name.
+    AttachmentId,
+    "attachment id"
+);
+
+/// Who made a request: set by the authentication layer after the signature
+/// checked out. Functions that need identity take `&Caller`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: UserId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_round_trip_and_rejects() {
+        let id = UserId::from_bytes([7; 32]);
+        let text = id.to_string();
+        assert_eq!(text.len(), 43);
+        assert_eq!(UserId::parse(&text).unwrap(), id);
+        for bad in [
+            "",
+            "abc",
+            &format!("{text}="),
+            &text.replace('B', "+"),
+            &"!".repeat(43),
+        ] {
+            assert!(UserId::parse(bad).is_err(), "{bad}");
+        }
+        assert!(!format!("{id:?}").contains(&text));
+    }
+
+    #[test]
+    fn tokens_are_v4_uuids() {
+        let t = ExchangeToken::random();
+        assert_eq!(ExchangeToken::parse(&t.to_string()).unwrap(), t);
+        assert!(ExchangeToken::parse("00000000-0000-0000-0000-000000000000").is_err());
+        assert!(ExchangeToken::parse("nope").is_err());
+    }
+}

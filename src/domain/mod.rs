@@ -1,0 +1,8 @@
+//! The rules of the product, one module per feature. Nothing here knows a
+//! wire type; functions take parsed ids, a `&Caller` and `now`.
+
+pub mod accounts;
+mod ids;
+pub mod info;
+
+pub use ids::{AttachmentId, Caller, ExchangeToken, ParcelId, UserId};

@@ -1,0 +1,71 @@
+//! The server's own key pairs: Ed25519 (its identity, the `tag` that binds
+//! signatures to this server) and P-256 for VAPID. Generated on first start,
+//! persisted in the database, reused afterwards.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::SigningKey;
+
+use crate::store::Store;
+
+pub struct ServerIdentity {
+    signing_key: SigningKey,
+    vapid_secret: p256::SecretKey,
+}
+
+impl ServerIdentity {
+    pub async fn load_or_create(store: &Store) -> anyhow::Result<Self> {
+        let seed = store
+            .server_value_or_insert("ed25519_secret_key", || random_bytes::<32>().to_vec())
+            .await?;
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("stored ed25519_secret_key is not 32 bytes"))?;
+        let vapid = store
+            .server_value_or_insert("vapid_p256_secret_key", new_p256_secret)
+            .await?;
+        let vapid_secret = p256::SecretKey::from_slice(&vapid).map_err(|_| {
+            anyhow::anyhow!("stored vapid_p256_secret_key is not a valid P-256 key")
+        })?;
+        Ok(ServerIdentity {
+            signing_key: SigningKey::from_bytes(&seed),
+            vapid_secret,
+        })
+    }
+
+    /// The server's public key, unpadded base64url: published by GetInfo and
+    /// required as the `tag` of every signature made for this server.
+    pub fn public_key(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.signing_key.verifying_key().as_bytes())
+    }
+
+    /// The VAPID public key as browsers take it (`applicationServerKey`): the
+    /// uncompressed point, unpadded base64url.
+    pub fn vapid_public_key(&self) -> String {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let point = self.vapid_secret.public_key().to_encoded_point(false);
+        URL_SAFE_NO_PAD.encode(point.as_bytes())
+    }
+
+    /// The VAPID private key scalar, for signing VAPID tokens.
+    pub fn vapid_secret(&self) -> &p256::SecretKey {
+        &self.vapid_secret
+    }
+}
+
+/// Cryptographically secure random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).expect("the operating system's random source is unavailable");
+    buf
+}
+
+fn new_p256_secret() -> Vec<u8> {
+    // A random 32-byte string is a valid scalar with overwhelming probability;
+    // loop for the rest.
+    loop {
+        let bytes = random_bytes::<32>();
+        if let Ok(key) = p256::SecretKey::from_slice(&bytes) {
+            return key.to_bytes().to_vec();
+        }
+    }
+}

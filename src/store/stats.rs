@@ -1,0 +1,53 @@
+//! Statistics that GetInfo publishes, computed from the real tables.
+
+use super::{Store, count};
+use crate::{
+    clock::{DAY, Millis},
+    error::Result,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Statistics {
+    pub users_total: u32,
+    pub users_active_7d: u32,
+    pub users_active_30d: u32,
+    pub media_parcels_waiting: u32,
+    pub media_parcels_received_7d: u32,
+}
+
+/// Days since the Unix epoch, the key of `daily_stats`.
+pub fn day_of(now: Millis) -> i64 {
+    now.div_euclid(DAY)
+}
+
+impl Store {
+    pub async fn statistics(&self, now: Millis) -> Result<Statistics> {
+        let (total, active_7d, active_30d): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), \
+                    COUNT(*) FILTER (WHERE last_seen_at >= $1), \
+                    COUNT(*) FILTER (WHERE last_seen_at >= $2) \
+             FROM users WHERE public_key IS NOT NULL",
+        )
+        .bind(now - 7 * DAY)
+        .bind(now - 30 * DAY)
+        .fetch_one(&self.reader)
+        .await?;
+        let (waiting,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM parcels WHERE type = 'MEDIA'")
+                .fetch_one(&self.reader)
+                .await?;
+        let (received,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(SUM(media_received), 0) FROM daily_stats WHERE day > $1",
+        )
+        .bind(day_of(now) - 7)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Statistics {
+            users_total: count(total),
+            users_active_7d: count(active_7d),
+            users_active_30d: count(active_30d),
+            media_parcels_waiting: count(waiting),
+            media_parcels_received_7d: count(received),
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! `users` and `contacts`.
+
+use super::Store;
+use crate::{clock::Millis, domain::UserId, error::Result};
+
+/// A registered (not deleted) user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    /// Internal row id ("entry id").
+    pub entry_id: i64,
+    pub user_id: UserId,
+    pub invited_by: Option<i64>,
+    pub created_at: Millis,
+    pub last_seen_at: Option<Millis>,
+    pub client_version: Option<String>,
+}
+
+type RawUser = (i64, Vec<u8>, Option<i64>, i64, Option<i64>, Option<String>);
+
+fn user_row(raw: RawUser) -> Option<UserRow> {
+    let (entry_id, key, invited_by, created_at, last_seen_at, client_version) = raw;
+    Some(UserRow {
+        entry_id,
+        user_id: UserId::from_slice(&key)?,
+        invited_by,
+        created_at,
+        last_seen_at,
+        client_version,
+    })
+}
+
+const USER_COLUMNS: &str = "id, public_key, invited_by, created_at, last_seen_at, client_version";
+
+impl Store {
+    pub async fn user_by_key(&self, id: &UserId) -> Result<Option<UserRow>> {
+        let raw: Option<RawUser> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE public_key = $1"
+        ))
+        .bind(id.as_bytes().as_slice())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(raw.and_then(user_row))
+    }
+
+    /// The user ids on a user's whitelist.
+    pub async fn contacts(&self, entry_id: i64) -> Result<Vec<UserId>> {
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+            "SELECT contact_key FROM contacts WHERE user_id = $1 ORDER BY contact_key",
+        )
+        .bind(entry_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k,)| UserId::from_slice(&k))
+            .collect())
+    }
+
+    pub async fn has_push_subscription(&self, entry_id: i64) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM push_subscriptions WHERE user_id = $1")
+                .bind(entry_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.is_some())
+    }
+}

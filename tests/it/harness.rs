@@ -1,0 +1,167 @@
+//! `TestApp` runs the real server; `TestUser` signs its requests.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use piqchat_inbox::{
+    app::{App, AppState},
+    client::{self, HttpClient, RequestSigner, SignedChannel, UserKey},
+    clock::Clock,
+    config::Config,
+    pb,
+};
+use tokio::sync::oneshot;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub clock: Clock,
+    pub state: AppState,
+    /// The server's public key: the `tag` signatures must carry.
+    pub server_tag: String,
+    pub dir: Arc<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns with a configuration adjusted by `adjust`.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_dir(dir.path());
+        adjust(&mut config);
+        Self::start(Arc::new(dir), config, Clock::manual(now_ms())).await
+    }
+
+    async fn start(dir: Arc<tempfile::TempDir>, config: Config, clock: Clock) -> TestApp {
+        let app = App::build(config, clock.clone()).await.expect("app builds");
+        let addr = app.local_addr();
+        let state = app.state().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            url: format!("http://{addr}"),
+            clock,
+            server_tag: state.identity.public_key(),
+            state,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.state.config.database_path
+    }
+
+    /// A new user with a fresh key (not registered).
+    pub fn user(&self) -> TestUser {
+        TestUser::new(self, UserKey::generate())
+    }
+
+    /// An unsigned HTTP client.
+    pub fn http(&self) -> HttpClient {
+        HttpClient::new(&self.url, None)
+    }
+
+    /// An unsigned gRPC channel.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        client::connect_anonymous(&self.url).await.expect("connect")
+    }
+
+    pub async fn info(
+        &self,
+    ) -> pb::info_service_client::InfoServiceClient<tonic::transport::Channel> {
+        pb::info_service_client::InfoServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the server and starts a new one on the same files, config and
+    /// clock (a new port).
+    pub async fn restart(self) -> TestApp {
+        let dir = self.dir.clone();
+        let config = (*self.state.config).clone();
+        let clock = self.clock.clone();
+        self.stop().await;
+        Self::start(dir, config, clock).await
+    }
+
+    /// Stops the server and waits until it has finished.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A user with a key, signing for one server.
+#[derive(Clone)]
+pub struct TestUser {
+    pub key: UserKey,
+    pub signer: RequestSigner,
+    url: String,
+}
+
+impl TestUser {
+    pub fn new(app: &TestApp, key: UserKey) -> Self {
+        let signer = RequestSigner::new(key.clone(), app.server_tag.clone())
+            .with_clock(app.clock.clone())
+            .covering(&["x-client-version"]);
+        TestUser {
+            key,
+            signer,
+            url: app.url.clone(),
+        }
+    }
+
+    pub fn id(&self) -> String {
+        self.key.user_id().to_string()
+    }
+
+    /// A signing gRPC channel.
+    pub async fn channel(&self) -> SignedChannel {
+        client::connect(&self.url, self.signer.clone())
+            .await
+            .expect("connect")
+    }
+
+    /// A signing HTTP client (gRPC-web and JSON).
+    pub fn http(&self) -> HttpClient {
+        HttpClient::new(&self.url, Some(self.signer.clone()))
+    }
+
+    pub async fn accounts(
+        &self,
+    ) -> pb::account_service_client::AccountServiceClient<SignedChannel> {
+        pb::account_service_client::AccountServiceClient::new(self.channel().await)
+    }
+
+    pub async fn info(&self) -> pb::info_service_client::InfoServiceClient<SignedChannel> {
+        pb::info_service_client::InfoServiceClient::new(self.channel().await)
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real server on 127.0.0.1:0 with a temp database,
+//! driven through real clients (tonic over HTTP/2, gRPC-web and JSON over
+//! HTTP/1.1).
+
+mod harness;
+
+mod auth;
+// mod gateway;
+mod info;

@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 
 use crate::{
-    api, clock::Clock, config::Config, domain::info::StatsCache, identity::ServerIdentity,
+    api,
+    clock::Clock,
+    config::Config,
+    domain::{exchanges, info::StatsCache},
+    identity::ServerIdentity,
     store::Store,
 };
 
@@ -55,6 +59,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     service: HttpService,
+    sign_up_invite: Option<String>,
 }
 
 /// How long in-flight requests may take to finish after shutdown begins.
@@ -68,11 +73,26 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let sign_up_invite = exchanges::ensure_sign_up_invite(
+            &state.store,
+            &state.config,
+            state.config.create_sign_up_invite,
+            state.clock.now(),
+        )
+        .await
+        .context("creating the sign-up invite")?;
         Ok(App {
             listener,
             state,
             service,
+            sign_up_invite,
         })
+    }
+
+    /// The link of the sign-up invite created at start, if one was: when
+    /// nobody is registered yet, or when `CREATE_SIGN_UP_INVITE` is set.
+    pub fn sign_up_invite(&self) -> Option<&str> {
+        self.sign_up_invite.as_deref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -92,6 +112,7 @@ impl App {
             listener,
             state,
             service,
+            ..
         } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -2,7 +2,12 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use piqchat_inbox::{app::App, clock::Clock, config::Config};
+use piqchat_inbox::{
+    app::{App, AppState},
+    clock::Clock,
+    config::Config,
+    domain::exchanges,
+};
 
 /// Self-hostable inbox server for piqchat: receives end-to-end-encrypted,
 /// self-destructing images for the users who chose it.
@@ -20,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Create a sign-up invite and print its link, without starting the
+    /// server (a running server on the same database is fine).
+    Invite,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
+        Command::Invite => runtime.block_on(invite(config)),
     }
 }
 
@@ -46,8 +55,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("PUSH_VAPID_CONTACT is not set: Web Push notifications are disabled");
     }
     let app = App::build(config, Clock::system()).await?;
+    if let Some(link) = app.sign_up_invite() {
+        print_invite(link);
+    }
     tracing::info!(addr = %app.local_addr(), "piqchat inbox server listening");
     app.run(shutdown_signal()).await
+}
+
+async fn invite(config: Config) -> anyhow::Result<()> {
+    let clock = Clock::system();
+    let state = AppState::open(config, clock.clone()).await?;
+    let link = exchanges::create_sign_up_invite(&state.store, &state.config, clock.now()).await?;
+    print_invite(&link);
+    state.store.close().await;
+    Ok(())
+}
+
+/// The invite link on standard output, alone on its line so it is easy to copy.
+fn print_invite(link: &str) {
+    println!();
+    println!("Sign-up invite (open it in the browser, then type this server's domain):");
+    println!();
+    println!("{link}");
+    println!();
 }
 
 /// Completes on SIGINT or SIGTERM.

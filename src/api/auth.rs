@@ -20,7 +20,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{
-    Protocol, gateway,
+    Protocol, RequestAuthority, gateway,
     replay::{Replay, ReplayCache},
 };
 use crate::{
@@ -163,11 +163,7 @@ impl Verifier {
             ));
         }
 
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        let authority = authority_of(parts)
             .ok_or_else(|| fail("the request has no authority (Host header)"))?;
         let request = RequestParts {
             method: parts.method.as_str(),
@@ -208,6 +204,16 @@ impl Verifier {
             digests,
         }))
     }
+}
+
+/// HTTP/2 `:authority` (in the URI) or the HTTP/1.1 `Host` header.
+fn authority_of(parts: &http::request::Parts) -> Option<&str> {
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// The signature to verify: the one labelled `piqchat`, else the only one.
@@ -337,6 +343,10 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let protocol = Protocol::of(&req);
         let (mut parts, body) = req.into_parts();
+        if let Some(authority) = authority_of(&parts) {
+            let authority = RequestAuthority(authority.to_owned());
+            parts.extensions.insert(authority);
+        }
         let digests = match self.verifier.verify(&parts) {
             Ok(None) => Vec::new(),
             Ok(Some(verified)) => {

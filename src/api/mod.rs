@@ -264,6 +264,18 @@ fn cors() -> CorsLayer {
 #[derive(Clone)]
 pub(crate) struct Api(pub(crate) AppState);
 
+/// The authority (host and port) a request was sent to, as received; the
+/// authentication layer records it for every request.
+#[derive(Clone, Debug)]
+pub struct RequestAuthority(pub String);
+
+/// The authority a request was sent to, if known.
+pub(crate) fn request_authority<T>(req: &tonic::Request<T>) -> Option<&str> {
+    req.extensions()
+        .get::<RequestAuthority>()
+        .map(|a| a.0.as_str())
+}
+
 /// The authenticated caller of a request, or UNAUTHENTICATED.
 pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
     req.extensions().get::<Caller>().copied().ok_or_else(|| {

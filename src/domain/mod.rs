@@ -2,6 +2,7 @@
 //! wire type; functions take parsed ids, a `&Caller` and `now`.
 
 pub mod accounts;
+pub mod exchanges;
 mod ids;
 pub mod info;
 

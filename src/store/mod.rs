@@ -6,6 +6,7 @@
 //! transaction upgrades to a write. Reads use a pool of their own (WAL lets
 //! them run beside the writer).
 
+mod exchanges;
 mod server_config;
 mod stats;
 mod users;
@@ -17,6 +18,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use exchanges::{AcceptOutcome, ExchangeRow};
 pub use stats::Statistics;
 pub use users::UserRow;
 

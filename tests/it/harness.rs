@@ -7,6 +7,7 @@ use piqchat_inbox::{
     client::{self, HttpClient, RequestSigner, SignedChannel, UserKey},
     clock::Clock,
     config::Config,
+    domain::exchanges,
     pb,
 };
 use tokio::sync::oneshot;
@@ -19,6 +20,8 @@ pub struct TestApp {
     /// The server's public key: the `tag` signatures must carry.
     pub server_tag: String,
     pub dir: Arc<tempfile::TempDir>,
+    /// The sign-up invite link printed at start, if one was made.
+    pub sign_up_invite: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -40,6 +43,7 @@ impl TestApp {
         let app = App::build(config, clock.clone()).await.expect("app builds");
         let addr = app.local_addr();
         let state = app.state().clone();
+        let sign_up_invite = app.sign_up_invite().map(str::to_owned);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -51,6 +55,7 @@ impl TestApp {
             server_tag: state.identity.public_key(),
             state,
             dir,
+            sign_up_invite,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -63,6 +68,42 @@ impl TestApp {
     /// A new user with a fresh key (not registered).
     pub fn user(&self) -> TestUser {
         TestUser::new(self, UserKey::generate())
+    }
+
+    /// A new user, registered through a fresh sign-up invite.
+    pub async fn registered_user(&self) -> TestUser {
+        let user = self.user();
+        self.sign_up(&user).await;
+        user
+    }
+
+    /// Registers `user` here through a fresh sign-up invite, over gRPC.
+    pub async fn sign_up(&self, user: &TestUser) {
+        let link = exchanges::create_sign_up_invite(
+            &self.state.store,
+            &self.state.config,
+            self.clock.now(),
+        )
+        .await
+        .expect("invite");
+        let reply = self
+            .exchanges()
+            .await
+            .accept_exchange(pb::AcceptExchangeRequest {
+                token: token_of_link(&link),
+                answer: None,
+                user_id: Some(user.id()),
+            })
+            .await
+            .expect("sign-up")
+            .into_inner();
+        assert_eq!(reply.sign_up(), pb::SignUpResult::Created);
+    }
+
+    pub async fn exchanges(
+        &self,
+    ) -> pb::exchange_service_client::ExchangeServiceClient<tonic::transport::Channel> {
+        pb::exchange_service_client::ExchangeServiceClient::new(self.channel().await)
     }
 
     /// An unsigned HTTP client.
@@ -112,6 +153,13 @@ impl Drop for TestApp {
     }
 }
 
+/// The exchange token inside an invite link or accept URL.
+pub fn token_of_link(link: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(link).decode_utf8_lossy();
+    let at = decoded.find("/v1/exchanges/").expect("an accept URL") + "/v1/exchanges/".len();
+    decoded[at..at + 36].to_owned()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -159,6 +207,12 @@ impl TestUser {
         &self,
     ) -> pb::account_service_client::AccountServiceClient<SignedChannel> {
         pb::account_service_client::AccountServiceClient::new(self.channel().await)
+    }
+
+    pub async fn exchanges(
+        &self,
+    ) -> pb::exchange_service_client::ExchangeServiceClient<SignedChannel> {
+        pb::exchange_service_client::ExchangeServiceClient::new(self.channel().await)
     }
 
     pub async fn info(&self) -> pb::info_service_client::InfoServiceClient<SignedChannel> {

@@ -5,5 +5,6 @@
 mod harness;
 
 mod auth;
+mod exchanges;
 // mod gateway;
 mod info;

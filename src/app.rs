@@ -15,6 +15,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::{
     api,
+    blobs::Blobs,
     clock::Clock,
     config::Config,
     domain::{exchanges, info::StatsCache},
@@ -30,6 +31,7 @@ pub struct AppState {
     pub identity: Arc<ServerIdentity>,
     pub clock: Clock,
     pub stats: Arc<StatsCache>,
+    pub blobs: Blobs,
 }
 
 impl AppState {
@@ -42,12 +44,19 @@ impl AppState {
         let identity = ServerIdentity::load_or_create(&store)
             .await
             .context("loading the server keys")?;
+        let blobs = Blobs::open(&config.attachments_path).with_context(|| {
+            format!(
+                "opening the attachments folder {}",
+                config.attachments_path.display()
+            )
+        })?;
         Ok(AppState {
             config: Arc::new(config),
             store,
             identity: Arc::new(identity),
             clock,
             stats: Arc::default(),
+            blobs,
         })
     }
 }

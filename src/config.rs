@@ -45,6 +45,14 @@ pub struct Limits {
     pub max_exchange_card_bytes: u32,
     pub max_backup_bytes: u32,
     pub max_contacts: u32,
+    /// Parcels that may wait for one recipient.
+    pub max_waiting_parcels: u32,
+    /// Attachment bytes that may wait for one recipient.
+    pub max_waiting_attachment_bytes: u64,
+    /// New attachments are refused when less disk space than this is free.
+    pub min_free_disk_bytes: u64,
+    /// Large requests (parcel sends) handled at once; more wait their turn.
+    pub max_concurrent_uploads: u32,
 }
 
 /// A configuration value that cannot be used.
@@ -122,6 +130,20 @@ impl Config {
                 )?,
                 max_backup_bytes: env.ranged("MAX_BACKUP_BYTES", 1 << 20, 1, 16 << 20)?,
                 max_contacts: env.ranged("MAX_CONTACTS", 5000, 1, 100_000)?,
+                max_waiting_parcels: env.ranged(
+                    "MAX_WAITING_PARCELS_PER_RECIPIENT",
+                    1000,
+                    1,
+                    1_000_000,
+                )?,
+                max_waiting_attachment_bytes: env.ranged64(
+                    "MAX_WAITING_ATTACHMENT_BYTES_PER_RECIPIENT",
+                    1 << 30,
+                    1,
+                    1 << 40,
+                )?,
+                min_free_disk_bytes: env.ranged64("MIN_FREE_DISK_BYTES", 256 << 20, 0, 1 << 50)?,
+                max_concurrent_uploads: env.ranged("MAX_CONCURRENT_UPLOADS", 8, 1, 1024)?,
             },
         })
     }
@@ -192,19 +214,28 @@ impl Env<'_> {
         min: u32,
         max: u32,
     ) -> Result<u32, ConfigError> {
-        let value: u64 = self
-            .parse(var, u64::from(default))
-            .map_err(|_| ConfigError {
-                var,
-                message: format!("expected a whole number from {min} to {max}"),
-            })?;
-        if value < u64::from(min) || value > u64::from(max) {
+        self.ranged64(var, default.into(), min.into(), max.into())
+            .map(|v| v as u32)
+    }
+
+    fn ranged64(
+        &self,
+        var: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let value: u64 = self.parse(var, default).map_err(|_| ConfigError {
+            var,
+            message: format!("expected a whole number from {min} to {max}"),
+        })?;
+        if value < min || value > max {
             return Err(ConfigError {
                 var,
                 message: format!("{value} is out of range; expected {min} to {max}"),
             });
         }
-        Ok(value as u32)
+        Ok(value)
     }
 
     fn parse_bool(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {

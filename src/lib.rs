@@ -7,6 +7,8 @@
 //!   request authentication, the generated service traits implemented.
 //! - [`domain`]: the rules, one module per feature; no wire types.
 //! - [`store`]: the only code with SQL.
+//! - [`blobs`]: the only code that touches attachment files.
+//! - [`push`]: Web Push delivery.
 //! - [`identity`]: the server's own key pairs.
 //! - [`httpsig`]: RFC 9421 message signatures (pure code).
 //! - [`client`]: a signing client for servers and tools.
@@ -14,6 +16,7 @@
 
 pub mod api;
 pub mod app;
+pub mod blobs;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -21,6 +24,7 @@ pub mod domain;
 pub mod error;
 pub mod httpsig;
 pub mod identity;
+pub mod push;
 pub mod store;
 
 /// Types generated from `proto/piqchat/inbox/v1`.

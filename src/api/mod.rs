@@ -16,6 +16,7 @@ mod info;
 mod pages;
 mod parcels;
 pub mod replay;
+pub mod uploads;
 
 use std::collections::HashMap;
 
@@ -73,6 +74,9 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(cors())
+            .layer(uploads::UploadGateLayer::new(
+                state.config.limits.max_concurrent_uploads as usize,
+            ))
             .layer(auth::AuthLayer::new(verifier))
             .service(dispatch),
     ))

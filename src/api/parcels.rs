@@ -1,7 +1,154 @@
 //! ParcelService.
 
-use super::Api;
-use crate::pb;
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tokio::io::AsyncReadExt;
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use super::{Api, caller, client_version, timestamp};
+use crate::{
+    domain::{ParcelId, UserId, parcels},
+    pb,
+};
+
+/// Bytes per download chunk.
+const CHUNK: usize = 256 * 1024;
+
+type ChunkStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DownloadAttachmentResponse, Status>> + Send>>;
+
+pub(super) fn last_seen(l: parcels::LastSeen) -> pb::LastSeen {
+    match l {
+        parcels::LastSeen::Never => pb::LastSeen::Never,
+        parcels::LastSeen::Recently => pb::LastSeen::Recently,
+        parcels::LastSeen::WithinWeek => pb::LastSeen::WithinWeek,
+        parcels::LastSeen::WithinMonth => pb::LastSeen::WithinMonth,
+        parcels::LastSeen::LongTime => pb::LastSeen::LongTime,
+    }
+}
 
 #[tonic::async_trait]
-impl pb::parcel_service_server::ParcelService for Api {}
+impl pb::parcel_service_server::ParcelService for Api {
+    async fn send_parcel(
+        &self,
+        request: Request<pb::SendParcelRequest>,
+    ) -> Result<Response<pb::SendParcelResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let recipients = req
+            .recipients
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                UserId::parse(&r.user_id)
+                    .map(|id| (id, r.content))
+                    .map_err(|e| Status::invalid_argument(format!("recipient {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let s = &self.0;
+        let send = parcels::Send {
+            kind: req.r#type,
+            recipients,
+            attachment: req.attachment,
+        };
+        let sent = parcels::send(
+            &s.store,
+            &s.blobs,
+            &s.config.limits,
+            &caller,
+            send,
+            s.clock.now(),
+        )
+        .await?;
+        Ok(Response::new(pb::SendParcelResponse {
+            delivered_recipient_ids: sent.delivered.iter().map(ToString::to_string).collect(),
+            forbidden_recipient_ids: sent.forbidden.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn check_acceptance(
+        &self,
+        request: Request<pb::CheckAcceptanceRequest>,
+    ) -> Result<Response<pb::CheckAcceptanceResponse>, Status> {
+        let caller = caller(&request)?;
+        let recipient = UserId::parse(&request.get_ref().recipient_id)?;
+        let accepted = parcels::accepts(&self.0.store, &caller, &recipient).await?;
+        Ok(Response::new(pb::CheckAcceptanceResponse { accepted }))
+    }
+
+    async fn get_delivery_status(
+        &self,
+        request: Request<pb::GetDeliveryStatusRequest>,
+    ) -> Result<Response<pb::GetDeliveryStatusResponse>, Status> {
+        let caller = caller(&request)?;
+        let recipient = UserId::parse(&request.get_ref().recipient_id)?;
+        let s = &self.0;
+        let status = parcels::delivery_status(&s.store, &caller, &recipient, s.clock.now()).await?;
+        Ok(Response::new(pb::GetDeliveryStatusResponse {
+            waiting_media_parcels: status.waiting_media,
+            last_seen: last_seen(status.last_seen).into(),
+        }))
+    }
+
+    async fn list_parcels(
+        &self,
+        request: Request<pb::ListParcelsRequest>,
+    ) -> Result<Response<pb::ListParcelsResponse>, Status> {
+        let caller = caller(&request)?;
+        let version = client_version(&request);
+        let s = &self.0;
+        let rows = parcels::list(&s.store, &caller, version.as_deref(), s.clock.now()).await?;
+        Ok(Response::new(pb::ListParcelsResponse {
+            parcels: rows
+                .into_iter()
+                .map(|p| pb::Parcel {
+                    id: p.id.to_string(),
+                    r#type: p.kind,
+                    content: p.content,
+                    sender_id: p.sender.to_string(),
+                    sent_at: Some(timestamp(p.sent_at)),
+                    attachment_size: p.attachment_size.map(|s| s as u32),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn download_attachment(
+        &self,
+        request: Request<pb::DownloadAttachmentRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let caller = caller(&request)?;
+        let parcel = ParcelId::parse(&request.get_ref().parcel_id)?;
+        let s = &self.0;
+        let (file, size) = parcels::open_attachment(&s.store, &s.blobs, &caller, &parcel).await?;
+        let chunks = futures_util::stream::try_unfold(file, |mut file| async move {
+            let mut buf = Vec::with_capacity(CHUNK);
+            let n = (&mut file)
+                .take(CHUNK as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "reading an attachment failed");
+                    Status::internal("internal error")
+                })?;
+            Ok((n > 0).then_some((pb::DownloadAttachmentResponse { chunk: buf }, file)))
+        });
+        let mut response = Response::new(Box::pin(chunks) as ChunkStream);
+        response
+            .metadata_mut()
+            .insert("x-content-length", MetadataValue::from(size));
+        Ok(response)
+    }
+
+    async fn delete_parcel(
+        &self,
+        request: Request<pb::DeleteParcelRequest>,
+    ) -> Result<Response<pb::DeleteParcelResponse>, Status> {
+        let caller = caller(&request)?;
+        let parcel = ParcelId::parse(&request.get_ref().parcel_id)?;
+        let s = &self.0;
+        parcels::delete(&s.store, &s.blobs, &caller, &parcel).await?;
+        Ok(Response::new(pb::DeleteParcelResponse {}))
+    }
+}

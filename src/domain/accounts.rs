@@ -36,3 +36,24 @@ pub async fn get_account(store: &Store, config: &Config, caller: &Caller) -> Res
         is_admin: config.admin_id == Some(user.user_id),
     })
 }
+
+/// Replaces the caller's whitelist; returns how many distinct ids it holds.
+pub async fn set_contacts(
+    store: &Store,
+    config: &Config,
+    caller: &Caller,
+    mut contacts: Vec<UserId>,
+) -> Result<u32> {
+    contacts.sort_unstable();
+    contacts.dedup();
+    let max = config.limits.max_contacts as usize;
+    if contacts.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "{} contacts; at most {max} are accepted (MAX_CONTACTS)",
+            contacts.len()
+        )));
+    }
+    let user = require_registered(store, caller).await?;
+    store.set_contacts(user.entry_id, &contacts).await?;
+    Ok(contacts.len() as u32)
+}

@@ -5,5 +5,6 @@ pub mod accounts;
 pub mod exchanges;
 mod ids;
 pub mod info;
+pub mod parcels;
 
 pub use ids::{AttachmentId, Caller, ExchangeToken, ParcelId, UserId};

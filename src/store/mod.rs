@@ -7,6 +7,7 @@
 //! them run beside the writer).
 
 mod exchanges;
+mod parcels;
 mod server_config;
 mod stats;
 mod users;
@@ -19,6 +20,7 @@ use sqlx::{
 };
 
 pub use exchanges::{AcceptOutcome, ExchangeRow};
+pub use parcels::{NewParcel, NewParcels, ParcelRow, QuotaExceeded};
 pub use stats::Statistics;
 pub use users::UserRow;
 

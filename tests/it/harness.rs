@@ -65,6 +65,17 @@ impl TestApp {
         &self.state.config.database_path
     }
 
+    /// Finished attachment files on disk (not temp files).
+    pub fn attachment_files(&self) -> usize {
+        std::fs::read_dir(&self.state.config.attachments_path)
+            .expect("attachments folder")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            })
+            .count()
+    }
+
     /// A new user with a fresh key (not registered).
     pub fn user(&self) -> TestUser {
         TestUser::new(self, UserKey::generate())
@@ -172,7 +183,7 @@ pub fn now_ms() -> i64 {
 pub struct TestUser {
     pub key: UserKey,
     pub signer: RequestSigner,
-    url: String,
+    pub url: String,
 }
 
 impl TestUser {
@@ -213,6 +224,62 @@ impl TestUser {
         &self,
     ) -> pb::exchange_service_client::ExchangeServiceClient<SignedChannel> {
         pb::exchange_service_client::ExchangeServiceClient::new(self.channel().await)
+    }
+
+    pub async fn parcels(&self) -> pb::parcel_service_client::ParcelServiceClient<SignedChannel> {
+        pb::parcel_service_client::ParcelServiceClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn backups(&self) -> pb::backup_service_client::BackupServiceClient<SignedChannel> {
+        pb::backup_service_client::BackupServiceClient::new(self.channel().await)
+    }
+
+    /// Replaces this user's whitelist with `contacts`.
+    pub async fn set_contacts(&self, contacts: &[&TestUser]) {
+        self.accounts()
+            .await
+            .set_contacts(pb::SetContactsRequest {
+                contact_ids: contacts.iter().map(|c| c.id()).collect(),
+            })
+            .await
+            .expect("set contacts");
+    }
+
+    /// Sends a parcel of `kind` to `recipients` (each gets `content-<i>`).
+    pub async fn send(
+        &self,
+        kind: &str,
+        recipients: &[&TestUser],
+        attachment: Option<Vec<u8>>,
+    ) -> Result<pb::SendParcelResponse, tonic::Status> {
+        self.parcels()
+            .await
+            .send_parcel(pb::SendParcelRequest {
+                r#type: kind.into(),
+                recipients: recipients
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| pb::ParcelRecipient {
+                        user_id: r.id(),
+                        content: format!("content-{i}"),
+                    })
+                    .collect(),
+                attachment,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn list(&self) -> Vec<pb::Parcel> {
+        self.parcels()
+            .await
+            .list_parcels(pb::ListParcelsRequest {})
+            .await
+            .expect("list parcels")
+            .into_inner()
+            .parcels
     }
 
     pub async fn info(&self) -> pb::info_service_client::InfoServiceClient<SignedChannel> {

@@ -8,3 +8,4 @@ mod auth;
 mod exchanges;
 // mod gateway;
 mod info;
+mod parcels;

@@ -1,0 +1,83 @@
+//! Bounds memory for large requests: parcel sends (up to the attachment limit
+//! each, buffered whole because browsers cannot stream over gRPC-web) take a
+//! permit from a semaphore before anything reads their body, and hold it until
+//! the response is ready. More sends wait their turn.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::{Method, Request, Response};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+/// The gRPC path of the one RPC that takes large messages.
+pub const SEND_PARCEL_PATH: &str = "/piqchat.inbox.v1.ParcelService/SendParcel";
+/// Its JSON gateway route (checked against the route table by a test).
+pub const SEND_PARCEL_ROUTE: (Method, &str) = (Method::POST, "/v1/parcels");
+
+fn is_upload<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path();
+    path == SEND_PARCEL_PATH || (req.method() == SEND_PARCEL_ROUTE.0 && path == SEND_PARCEL_ROUTE.1)
+}
+
+#[derive(Clone)]
+pub struct UploadGateLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl UploadGateLayer {
+    pub fn new(max_concurrent: usize) -> Self {
+        UploadGateLayer {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+        }
+    }
+}
+
+impl<S> Layer<S> for UploadGateLayer {
+    type Service = UploadGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UploadGate {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct UploadGate<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S> Service<Request<Body>> for UploadGate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !is_upload(&req) {
+            return Box::pin(inner.call(req));
+        }
+        let permits = self.permits.clone();
+        Box::pin(async move {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            inner.call(req).await
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! `parcels`, `attachments` and the daily statistics they feed.
+
+use sqlx::Row as _;
+
+use super::{Store, count, stats::day_of};
+use crate::{
+    clock::Millis,
+    domain::{AttachmentId, ParcelId, UserId},
+    error::Result,
+};
+
+/// One parcel to store, for one recipient.
+pub struct NewParcel<'a> {
+    pub id: ParcelId,
+    pub recipient: i64,
+    pub content: &'a str,
+}
+
+/// Everything one send stores, in one transaction.
+pub struct NewParcels<'a> {
+    pub sender: &'a UserId,
+    pub kind: &'a str,
+    pub attachment: Option<(AttachmentId, u64)>,
+    pub parcels: Vec<NewParcel<'a>>,
+    pub now: Millis,
+    /// Refuse (store nothing) when any recipient would pass these.
+    pub max_waiting_parcels: u32,
+    pub max_waiting_attachment_bytes: u64,
+}
+
+/// Why a send stored nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QuotaExceeded {
+    Parcels { recipient: i64 },
+    AttachmentBytes { recipient: i64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParcelRow {
+    pub id: ParcelId,
+    pub kind: String,
+    pub content: String,
+    pub sender: UserId,
+    pub sent_at: Millis,
+    pub attachment_size: Option<u64>,
+}
+
+impl Store {
+    /// The registered recipients among `ids` that have `sender` on their
+    /// whitelist, as (user id, entry id).
+    pub async fn accepting_recipients(
+        &self,
+        sender: &UserId,
+        ids: &[UserId],
+    ) -> Result<Vec<(UserId, i64)>> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut conn = self.reader.acquire().await?;
+        for id in ids {
+            let row: Option<(i64,)> = sqlx::query_as(
+                "SELECT u.id FROM users u \
+                 JOIN contacts c ON c.user_id = u.id AND c.contact_key = $2 \
+                 WHERE u.public_key = $1",
+            )
+            .bind(id.as_bytes().as_slice())
+            .bind(sender.as_bytes().as_slice())
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((entry,)) = row {
+                found.push((*id, entry));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores the attachment row and every parcel in one transaction, after
+    /// checking each recipient's quota inside it (the single writer makes the
+    /// check exact). On `Err(QuotaExceeded)` nothing was stored.
+    pub async fn insert_parcels(&self, new: &NewParcels<'_>) -> Result<Result<(), QuotaExceeded>> {
+        let mut tx = self.writer.begin().await?;
+        for p in &new.parcels {
+            let (waiting, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(a.size), 0) FROM parcels p \
+                 LEFT JOIN attachments a ON a.id = p.attachment_id WHERE p.recipient_id = $1",
+            )
+            .bind(p.recipient)
+            .fetch_one(&mut *tx)
+            .await?;
+            if waiting >= i64::from(new.max_waiting_parcels) {
+                return Ok(Err(QuotaExceeded::Parcels {
+                    recipient: p.recipient,
+                }));
+            }
+            let adding = new.attachment.map_or(0, |(_, size)| size);
+            if bytes as u64 + adding > new.max_waiting_attachment_bytes {
+                return Ok(Err(QuotaExceeded::AttachmentBytes {
+                    recipient: p.recipient,
+                }));
+            }
+        }
+        if let Some((id, size)) = &new.attachment {
+            sqlx::query("INSERT INTO attachments (id, size, created_at) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(*size as i64)
+                .bind(new.now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for p in &new.parcels {
+            sqlx::query(
+                "INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(p.id.to_string())
+            .bind(p.recipient)
+            .bind(new.sender.as_bytes().as_slice())
+            .bind(new.kind)
+            .bind(p.content)
+            .bind(new.attachment.map(|(id, _)| id.to_string()))
+            .bind(new.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if new.kind == "MEDIA" {
+            sqlx::query(
+                "INSERT INTO daily_stats (day, media_received) VALUES ($1, $2) \
+                 ON CONFLICT (day) DO UPDATE SET media_received = media_received + excluded.media_received",
+            )
+            .bind(day_of(new.now))
+            .bind(new.parcels.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// A recipient's parcels, oldest first.
+    pub async fn parcels_of(&self, recipient: i64) -> Result<Vec<ParcelRow>> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.type, p.content, p.sender_key, p.created_at, a.size \
+             FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id \
+             WHERE p.recipient_id = $1 ORDER BY p.seq",
+        )
+        .bind(recipient)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(ParcelRow {
+                    id: ParcelId::parse(r.get::<&str, _>(0)).ok()?,
+                    kind: r.get(1),
+                    content: r.get(2),
+                    sender: UserId::from_slice(r.get::<&[u8], _>(3))?,
+                    sent_at: r.get(4),
+                    attachment_size: r.get::<Option<i64>, _>(5).map(|s| s as u64),
+                })
+            })
+            .collect())
+    }
+
+    /// Records that a user listed their inbox.
+    pub async fn record_seen(
+        &self,
+        entry: i64,
+        now: Millis,
+        client_version: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE users SET last_seen_at = $1, client_version = COALESCE($2, client_version) WHERE id = $3")
+            .bind(now)
+            .bind(client_version)
+            .bind(entry)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// The attachment of one of `recipient`'s parcels.
+    pub async fn attachment_of(
+        &self,
+        parcel: &ParcelId,
+        recipient: i64,
+    ) -> Result<Option<(AttachmentId, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT a.id, a.size FROM parcels p JOIN attachments a ON a.id = p.attachment_id \
+             WHERE p.id = $1 AND p.recipient_id = $2",
+        )
+        .bind(parcel.to_string())
+        .bind(recipient)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.and_then(|(id, size)| Some((AttachmentId::parse(&id).ok()?, size as u64))))
+    }
+
+    /// Deletes one of `recipient`'s parcels. Returns `None` when there was no
+    /// such parcel, else the attachment that no parcel references any more
+    /// (its row is gone; the caller removes the file).
+    pub async fn delete_parcel(
+        &self,
+        parcel: &ParcelId,
+        recipient: i64,
+    ) -> Result<Option<Option<AttachmentId>>> {
+        let mut tx = self.writer.begin().await?;
+        let deleted: Option<(Option<String>,)> = sqlx::query_as(
+            "DELETE FROM parcels WHERE id = $1 AND recipient_id = $2 RETURNING attachment_id",
+        )
+        .bind(parcel.to_string())
+        .bind(recipient)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((attachment,)) = deleted else {
+            return Ok(None);
+        };
+        let orphan = match attachment {
+            None => None,
+            Some(id) => {
+                // The row goes only when the last parcel referencing it went.
+                let gone = sqlx::query(
+                    "DELETE FROM attachments WHERE id = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM parcels WHERE attachment_id = $1)",
+                )
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+                (gone.rows_affected() > 0)
+                    .then(|| AttachmentId::parse(&id).ok())
+                    .flatten()
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(orphan))
+    }
+
+    /// Whether `recipient` (a user id) is registered and has `sender` on its
+    /// whitelist; returns the recipient's row id and last-seen time if so.
+    pub async fn acceptance(
+        &self,
+        recipient: &UserId,
+        sender: &UserId,
+    ) -> Result<Option<(i64, Option<Millis>)>> {
+        let row: Option<(i64, Option<Millis>)> = sqlx::query_as(
+            "SELECT u.id, u.last_seen_at FROM users u \
+             JOIN contacts c ON c.user_id = u.id AND c.contact_key = $2 \
+             WHERE u.public_key = $1",
+        )
+        .bind(recipient.as_bytes().as_slice())
+        .bind(sender.as_bytes().as_slice())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row)
+    }
+
+    /// `sender`'s `MEDIA` parcels waiting at `recipient`.
+    pub async fn waiting_media_from(&self, recipient: i64, sender: &UserId) -> Result<u32> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM parcels WHERE recipient_id = $1 AND sender_key = $2 AND type = 'MEDIA'",
+        )
+        .bind(recipient)
+        .bind(sender.as_bytes().as_slice())
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(count(n))
+    }
+
+    /// Whether an attachment row exists (tests check nothing stays behind).
+    pub async fn attachment_exists(&self, id: &AttachmentId) -> Result<bool> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM attachments WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.is_some())
+    }
+}

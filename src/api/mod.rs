@@ -216,14 +216,10 @@ impl MessageLimits {
     /// JSON spells the same message larger: base64 for bytes (4/3) and
     /// escapes in strings; allow twice the binary size.
     fn gateway_limits(&self) -> gateway::BodyLimits {
-        gateway::BodyLimits {
-            default: ENVELOPE * 2,
-            per_service: self
-                .0
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v * 2))
-                .collect(),
-        }
+        self.0.iter().fold(
+            gateway::BodyLimits::new(ENVELOPE * 2),
+            |limits, (service, max)| limits.with_service(*service, max * 2),
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 //! transaction upgrades to a write. Reads use a pool of their own (WAL lets
 //! them run beside the writer).
 
+mod accounts;
 mod exchanges;
 mod parcels;
 mod server_config;
@@ -19,6 +20,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use accounts::{BackupRow, InvitedRow, PushSubscriptionRow};
 pub use exchanges::{AcceptOutcome, ExchangeRow};
 pub use parcels::{NewParcel, NewParcels, ParcelRow, QuotaExceeded};
 pub use stats::Statistics;

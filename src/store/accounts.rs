@@ -1,0 +1,222 @@
+//! Whole-account operations: the invited-users view, deletion, backups and
+//! push subscriptions.
+
+use sqlx::Row as _;
+
+use super::{Store, UserRow};
+use crate::{
+    clock::Millis,
+    domain::{AttachmentId, UserId},
+    error::Result,
+};
+
+/// A row of the invited-users view; `user_id` is `None` for deleted accounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvitedRow {
+    pub entry_id: i64,
+    pub user_id: Option<UserId>,
+    pub invited_by: Option<i64>,
+    pub last_seen_at: Option<Millis>,
+    pub client_version: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupRow {
+    pub content: String,
+    pub updated_at: Millis,
+    pub last_read_at: Option<Millis>,
+}
+
+/// A push subscription as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSubscriptionRow {
+    pub endpoint: String,
+    pub p256dh: Vec<u8>,
+    pub auth: Vec<u8>,
+    pub content_encoding: String,
+    pub expires_at: Option<Millis>,
+}
+
+fn invited_row(r: sqlx::sqlite::SqliteRow) -> InvitedRow {
+    InvitedRow {
+        entry_id: r.get(0),
+        user_id: r
+            .get::<Option<Vec<u8>>, _>(1)
+            .and_then(|k| UserId::from_slice(&k)),
+        invited_by: r.get(2),
+        last_seen_at: r.get(3),
+        client_version: r.get(4),
+    }
+}
+
+impl Store {
+    /// `user` first, then the accounts created through `user`'s invites.
+    pub async fn invited_by(&self, user: &UserRow) -> Result<Vec<InvitedRow>> {
+        let rows = sqlx::query(
+            "SELECT id, public_key, invited_by, last_seen_at, client_version FROM users \
+             WHERE id = $1 OR invited_by = $1 ORDER BY id = $1 DESC, id",
+        )
+        .bind(user.entry_id)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(invited_row).collect())
+    }
+
+    /// Every account, in order of sign-up (the admin's view).
+    pub async fn all_users(&self) -> Result<Vec<InvitedRow>> {
+        let rows = sqlx::query("SELECT id, public_key, invited_by, last_seen_at, client_version FROM users ORDER BY id")
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().map(invited_row).collect())
+    }
+
+    /// Deletes everything of an account in one transaction and blanks its
+    /// row (kept so that others' `invited_by` links keep their shape).
+    /// Returns the attachments no parcel references any more, whose files
+    /// the caller removes.
+    pub async fn delete_account(&self, entry_id: i64, now: Millis) -> Result<Vec<AttachmentId>> {
+        let mut tx = self.writer.begin().await?;
+        let attachments: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT attachment_id FROM parcels WHERE recipient_id = $1 AND attachment_id IS NOT NULL",
+        )
+        .bind(entry_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for table in [
+            "DELETE FROM parcels WHERE recipient_id = $1",
+            "DELETE FROM contacts WHERE user_id = $1",
+            "DELETE FROM backups WHERE user_id = $1",
+            "DELETE FROM push_subscriptions WHERE user_id = $1",
+            "DELETE FROM push_outbox WHERE user_id = $1",
+            "DELETE FROM exchanges WHERE creator_id = $1",
+        ] {
+            sqlx::query(table).bind(entry_id).execute(&mut *tx).await?;
+        }
+        let mut orphans = Vec::new();
+        for (id,) in attachments {
+            let gone = sqlx::query(
+                "DELETE FROM attachments WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM parcels WHERE attachment_id = $1)",
+            )
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            if gone.rows_affected() > 0 {
+                orphans.extend(AttachmentId::parse(&id).ok());
+            }
+        }
+        sqlx::query(
+            "UPDATE users SET public_key = NULL, last_seen_at = NULL, client_version = NULL, deleted_at = $2 \
+             WHERE id = $1",
+        )
+        .bind(entry_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.checkpoint().await;
+        Ok(orphans)
+    }
+
+    /// Moves the write-ahead log into the database file and truncates it, so
+    /// that deleted content (zeroed in place by `secure_delete`) does not
+    /// linger in old WAL frames. Best effort: a busy reader only delays it.
+    pub async fn checkpoint(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+
+    pub async fn put_backup(&self, entry_id: i64, content: &str, now: Millis) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO backups (user_id, content, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at",
+        )
+        .bind(entry_id)
+        .bind(content)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Reads a backup and records the read; returns the row as it was before.
+    pub async fn read_backup(&self, entry_id: i64, now: Millis) -> Result<Option<BackupRow>> {
+        let row: Option<(String, Millis, Option<Millis>)> = sqlx::query_as(
+            "UPDATE backups SET last_read_at = $2 WHERE user_id = $1 \
+             RETURNING content, updated_at, (SELECT last_read_at FROM backups WHERE user_id = $1)",
+        )
+        .bind(entry_id)
+        .bind(now)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|(content, updated_at, last_read_at)| BackupRow {
+            content,
+            updated_at,
+            last_read_at,
+        }))
+    }
+
+    pub async fn put_push_subscription(
+        &self,
+        entry_id: i64,
+        sub: &PushSubscriptionRow,
+        now: Millis,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        // Pushes queued for an earlier subscription would go nowhere useful.
+        sqlx::query("DELETE FROM push_outbox WHERE user_id = $1")
+            .bind(entry_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth, content_encoding, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (user_id) DO UPDATE SET endpoint = excluded.endpoint, p256dh = excluded.p256dh, \
+             auth = excluded.auth, content_encoding = excluded.content_encoding, \
+             expires_at = excluded.expires_at, created_at = excluded.created_at",
+        )
+        .bind(entry_id)
+        .bind(&sub.endpoint)
+        .bind(&sub.p256dh)
+        .bind(&sub.auth)
+        .bind(&sub.content_encoding)
+        .bind(sub.expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a user's push subscription and its pending pushes.
+    pub async fn delete_push_subscription(&self, entry_id: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for sql in [
+            "DELETE FROM push_outbox WHERE user_id = $1",
+            "DELETE FROM push_subscriptions WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(entry_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn push_subscription(&self, entry_id: i64) -> Result<Option<PushSubscriptionRow>> {
+        let row = sqlx::query(
+            "SELECT endpoint, p256dh, auth, content_encoding, expires_at FROM push_subscriptions WHERE user_id = $1",
+        )
+        .bind(entry_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|r| PushSubscriptionRow {
+            endpoint: r.get(0),
+            p256dh: r.get(1),
+            auth: r.get(2),
+            content_encoding: r.get(3),
+            expires_at: r.get(4),
+        }))
+    }
+}

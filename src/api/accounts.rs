@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Api, caller, timestamp};
+use super::{Api, caller, parcels::last_seen, timestamp};
 use crate::{
     domain::{UserId, accounts},
     pb,
@@ -45,4 +45,68 @@ impl pb::account_service_server::AccountService for Api {
         let contact_count = accounts::set_contacts(&s.store, &s.config, &caller, contacts).await?;
         Ok(Response::new(pb::SetContactsResponse { contact_count }))
     }
+
+    async fn list_invited_users(
+        &self,
+        request: Request<pb::ListInvitedUsersRequest>,
+    ) -> Result<Response<pb::ListInvitedUsersResponse>, Status> {
+        let caller = caller(&request)?;
+        let s = &self.0;
+        let users = accounts::invited_users(&s.store, &s.config, &caller, s.clock.now()).await?;
+        Ok(Response::new(pb::ListInvitedUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| pb::InvitedUser {
+                    user_id: u.user_id.map(|id| id.to_string()).unwrap_or_default(),
+                    entry_id: entry(u.entry_id),
+                    invited_by_entry_id: u.invited_by.map(entry),
+                    last_seen: last_seen(u.last_seen).into(),
+                    client_version: u.client_version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let caller = caller(&request)?;
+        let s = &self.0;
+        accounts::delete_account(&s.store, &s.blobs, &caller, s.clock.now()).await?;
+        Ok(Response::new(pb::DeleteAccountResponse {}))
+    }
+
+    async fn set_push_subscription(
+        &self,
+        request: Request<pb::SetPushSubscriptionRequest>,
+    ) -> Result<Response<pb::SetPushSubscriptionResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let keys = req.keys.unwrap_or_default();
+        let sub = accounts::NewPushSubscription {
+            endpoint: req.endpoint,
+            expiration_time: req.expiration_time,
+            p256dh: keys.p256dh,
+            auth: keys.auth,
+            content_encoding: req.content_encoding,
+        };
+        let s = &self.0;
+        accounts::set_push_subscription(&s.store, &caller, sub, s.clock.now()).await?;
+        Ok(Response::new(pb::SetPushSubscriptionResponse {}))
+    }
+
+    async fn delete_push_subscription(
+        &self,
+        request: Request<pb::DeletePushSubscriptionRequest>,
+    ) -> Result<Response<pb::DeletePushSubscriptionResponse>, Status> {
+        let caller = caller(&request)?;
+        accounts::delete_push_subscription(&self.0.store, &caller).await?;
+        Ok(Response::new(pb::DeletePushSubscriptionResponse {}))
+    }
+}
+
+/// Entry ids are SQLite row ids: small and positive.
+fn entry(id: i64) -> u32 {
+    u32::try_from(id).unwrap_or(u32::MAX)
 }

@@ -1,11 +1,17 @@
 //! Accounts: who is registered here, and what they may see of their account.
 
+use base64::{
+    Engine,
+    engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD},
+};
+
 use crate::{
+    blobs::Blobs,
     clock::Millis,
     config::Config,
-    domain::{Caller, UserId},
+    domain::{Caller, UserId, parcels::LastSeen},
     error::{Error, Result},
-    store::{Store, UserRow},
+    store::{BackupRow, PushSubscriptionRow, Store, UserRow},
 };
 
 /// The caller's account, or PERMISSION_DENIED: the one gate for every call
@@ -56,4 +62,174 @@ pub async fn set_contacts(
     let user = require_registered(store, caller).await?;
     store.set_contacts(user.entry_id, &contacts).await?;
     Ok(contacts.len() as u32)
+}
+
+/// One line of the invited-users view.
+pub struct InvitedUser {
+    pub user_id: Option<UserId>,
+    pub entry_id: i64,
+    pub invited_by: Option<i64>,
+    pub last_seen: LastSeen,
+    /// Only in the admin's view.
+    pub client_version: Option<String>,
+}
+
+/// The caller and the users who signed up through the caller's invites;
+/// the admin sees everybody, with client versions.
+pub async fn invited_users(
+    store: &Store,
+    config: &Config,
+    caller: &Caller,
+    now: Millis,
+) -> Result<Vec<InvitedUser>> {
+    let user = require_registered(store, caller).await?;
+    let is_admin = config.admin_id == Some(user.user_id);
+    let rows = if is_admin {
+        store.all_users().await?
+    } else {
+        store.invited_by(&user).await?
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| InvitedUser {
+            user_id: r.user_id,
+            entry_id: r.entry_id,
+            invited_by: r.invited_by,
+            last_seen: LastSeen::of(r.last_seen_at, now),
+            client_version: if is_admin { r.client_version } else { None },
+        })
+        .collect())
+}
+
+/// Deletes the caller's account: parcels and their attachment files, backup,
+/// push subscription, contacts and invites; the key is forgotten.
+pub async fn delete_account(
+    store: &Store,
+    blobs: &Blobs,
+    caller: &Caller,
+    now: Millis,
+) -> Result<()> {
+    let user = require_registered(store, caller).await?;
+    let orphans = store.delete_account(user.entry_id, now).await?;
+    for id in &orphans {
+        blobs.remove(id).await?;
+    }
+    tracing::info!(user = %caller.user_id.short(), attachments = orphans.len(), "account deleted");
+    Ok(())
+}
+
+pub async fn put_backup(
+    store: &Store,
+    config: &Config,
+    caller: &Caller,
+    content: &str,
+    now: Millis,
+) -> Result<Millis> {
+    let max = config.limits.max_backup_bytes as usize;
+    if content.is_empty() {
+        return Err(Error::InvalidArgument(
+            "content is required: the encrypted backup".into(),
+        ));
+    }
+    if content.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "backup is {} bytes; at most {max} bytes are accepted",
+            content.len()
+        )));
+    }
+    let user = require_registered(store, caller).await?;
+    store.put_backup(user.entry_id, content, now).await?;
+    Ok(now)
+}
+
+/// The caller's backup; records this read (the result shows the one before).
+pub async fn get_backup(store: &Store, caller: &Caller, now: Millis) -> Result<BackupRow> {
+    let user = require_registered(store, caller).await?;
+    store
+        .read_backup(user.entry_id, now)
+        .await?
+        .ok_or_else(|| Error::NotFound("no backup stored".into()))
+}
+
+/// A push subscription as the browser's `PushSubscription.toJSON()` gives it.
+pub struct NewPushSubscription {
+    pub endpoint: String,
+    pub expiration_time: Option<f64>,
+    pub p256dh: String,
+    pub auth: String,
+    pub content_encoding: Option<String>,
+}
+
+const MAX_ENDPOINT_BYTES: usize = 2048;
+
+/// Checks a subscription field by field; errors name the field to fix.
+pub fn parse_push_subscription(sub: NewPushSubscription) -> Result<PushSubscriptionRow> {
+    let invalid = |m: &str| Error::InvalidArgument(m.to_owned());
+    if sub.endpoint.len() > MAX_ENDPOINT_BYTES {
+        return Err(invalid("endpoint: longer than 2048 bytes"));
+    }
+    let uri: http::Uri = sub
+        .endpoint
+        .parse()
+        .map_err(|_| invalid("endpoint: expected an absolute https URL"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("endpoint: expected an absolute https URL"));
+    }
+    let p256dh = decode_b64url(&sub.p256dh)
+        .filter(|k| k.len() == 65 && k[0] == 4 && p256::PublicKey::from_sec1_bytes(k).is_ok())
+        .ok_or_else(|| {
+            invalid("keys.p256dh: expected an uncompressed P-256 public key (65 bytes, base64url)")
+        })?;
+    let auth = decode_b64url(&sub.auth)
+        .filter(|a| a.len() == 16)
+        .ok_or_else(|| invalid("keys.auth: expected 16 bytes, base64url"))?;
+    let content_encoding = match sub.content_encoding.as_deref() {
+        None | Some("aes128gcm") => "aes128gcm",
+        Some("aesgcm") => "aesgcm",
+        Some(_) => {
+            return Err(invalid(
+                "contentEncoding: expected \"aes128gcm\" or \"aesgcm\"",
+            ));
+        }
+    };
+    let expires_at = match sub.expiration_time {
+        None => None,
+        Some(t) if t.is_finite() && t >= 0.0 && t < 1e15 => Some(t as Millis),
+        Some(_) => {
+            return Err(invalid(
+                "expirationTime: expected milliseconds since the epoch, or null",
+            ));
+        }
+    };
+    Ok(PushSubscriptionRow {
+        endpoint: sub.endpoint,
+        p256dh,
+        auth,
+        content_encoding: content_encoding.to_owned(),
+        expires_at,
+    })
+}
+
+/// Browsers give unpadded base64url; padded input is accepted too.
+fn decode_b64url(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .ok()
+}
+
+pub async fn set_push_subscription(
+    store: &Store,
+    caller: &Caller,
+    sub: NewPushSubscription,
+    now: Millis,
+) -> Result<()> {
+    let row = parse_push_subscription(sub)?;
+    let user = require_registered(store, caller).await?;
+    store.put_push_subscription(user.entry_id, &row, now).await
+}
+
+pub async fn delete_push_subscription(store: &Store, caller: &Caller) -> Result<()> {
+    let user = require_registered(store, caller).await?;
+    store.delete_push_subscription(user.entry_id).await
 }

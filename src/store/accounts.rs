@@ -144,14 +144,21 @@ impl Store {
 
     /// Reads a backup and records the read; returns the row as it was before.
     pub async fn read_backup(&self, entry_id: i64, now: Millis) -> Result<Option<BackupRow>> {
+        let mut tx = self.writer.begin().await?;
         let row: Option<(String, Millis, Option<Millis>)> = sqlx::query_as(
-            "UPDATE backups SET last_read_at = $2 WHERE user_id = $1 \
-             RETURNING content, updated_at, (SELECT last_read_at FROM backups WHERE user_id = $1)",
+            "SELECT content, updated_at, last_read_at FROM backups WHERE user_id = $1",
         )
         .bind(entry_id)
-        .bind(now)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?;
+        if row.is_some() {
+            sqlx::query("UPDATE backups SET last_read_at = $2 WHERE user_id = $1")
+                .bind(entry_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(row.map(|(content, updated_at, last_read_at)| BackupRow {
             content,
             updated_at,

@@ -4,8 +4,9 @@
 
 mod harness;
 
+mod accounts;
 mod auth;
 mod exchanges;
-// mod gateway;
+mod gateway;
 mod info;
 mod parcels;

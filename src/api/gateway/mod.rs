@@ -101,8 +101,10 @@ pub enum GatewayError {
 /// (full name, e.g. `piqchat.inbox.v1.MediaService`).
 #[derive(Debug, Clone)]
 pub struct BodyLimits {
-    default: usize,
-    services: HashMap<String, usize>,
+    /// Bytes allowed for services without an override.
+    pub default: usize,
+    /// Overrides by full service name.
+    pub per_service: HashMap<String, usize>,
 }
 
 impl BodyLimits {
@@ -113,24 +115,22 @@ impl BodyLimits {
     pub fn new(default: usize) -> Self {
         BodyLimits {
             default,
-            services: HashMap::new(),
+            per_service: HashMap::new(),
         }
     }
 
     /// Overrides the limit for one service (full name).
     pub fn with_service(mut self, service: impl Into<String>, limit: usize) -> Self {
-        self.services.insert(service.into(), limit);
+        self.per_service.insert(service.into(), limit);
         self
     }
 
     /// The limit for a service.
     pub fn limit_for(&self, service: &str) -> usize {
-        self.services.get(service).copied().unwrap_or(self.default)
-    }
-
-    /// The default limit.
-    pub fn default_limit(&self) -> usize {
-        self.default
+        self.per_service
+            .get(service)
+            .copied()
+            .unwrap_or(self.default)
     }
 }
 
@@ -177,7 +177,7 @@ impl<S> Gateway<S> {
     /// and wraps `inner`, the in-process gRPC service.
     pub fn new(pool: &DescriptorPool, inner: S, limits: BodyLimits) -> Result<Self, GatewayError> {
         if let Some(unknown) = limits
-            .services
+            .per_service
             .keys()
             .find(|name| pool.get_service_by_name(name).is_none())
         {

@@ -96,14 +96,13 @@ impl Blobs {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(self.dir.as_path())? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
-                if let Some(id) = entry
+            if entry.file_type()?.is_file()
+                && let Some(id) = entry
                     .file_name()
                     .to_str()
                     .and_then(|n| AttachmentId::parse(n).ok())
-                {
-                    ids.push(id);
-                }
+            {
+                ids.push(id);
             }
         }
         Ok(ids)

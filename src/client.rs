@@ -353,10 +353,10 @@ impl HttpClient {
             .body(Full::new(body))
             .expect("valid request parts");
         req.headers_mut().extend(headers);
-        if let Some(signer) = &self.signer {
-            if let Err(e) = signer.sign_request(&mut req) {
-                tracing::warn!(error = %e, "could not sign request");
-            }
+        if let Some(signer) = &self.signer
+            && let Err(e) = signer.sign_request(&mut req)
+        {
+            tracing::warn!(error = %e, "could not sign request");
         }
         req
     }
@@ -478,13 +478,13 @@ fn decode_grpc_web<Res: prost::Message + Default>(reply: HttpReply) -> Result<Ve
         let payload = body.split_to(len);
         if flags & 0x80 != 0 {
             for line in String::from_utf8_lossy(&payload).split("\r\n") {
-                if let Some((name, value)) = line.split_once(':') {
-                    if let (Ok(n), Ok(v)) = (
+                if let Some((name, value)) = line.split_once(':')
+                    && let (Ok(n), Ok(v)) = (
                         http::HeaderName::try_from(name.trim().to_ascii_lowercase()),
                         HeaderValue::try_from(value.trim()),
-                    ) {
-                        trailers.insert(n, v);
-                    }
+                    )
+                {
+                    trailers.insert(n, v);
                 }
             }
         } else {

@@ -64,10 +64,10 @@ impl ReplayCache {
         let mut shard = self.shards[usize::from(id[0]) % SHARDS]
             .lock()
             .expect("replay cache poisoned");
-        if let Some(&until) = shard.seen.get(&id) {
-            if until >= now {
-                return Replay::Replayed;
-            }
+        if let Some(&until) = shard.seen.get(&id)
+            && until >= now
+        {
+            return Replay::Replayed;
         }
         if now >= shard.next_sweep || shard.seen.len() >= self.max_per_shard {
             shard.seen.retain(|_, until| *until >= now);

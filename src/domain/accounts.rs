@@ -194,7 +194,7 @@ pub fn parse_push_subscription(sub: NewPushSubscription) -> Result<PushSubscript
     };
     let expires_at = match sub.expiration_time {
         None => None,
-        Some(t) if t.is_finite() && t >= 0.0 && t < 1e15 => Some(t as Millis),
+        Some(t) if t.is_finite() && (0.0..1e15).contains(&t) => Some(t as Millis),
         Some(_) => {
             return Err(invalid(
                 "expirationTime: expected milliseconds since the epoch, or null",

@@ -33,10 +33,10 @@ pub struct StatsCache(Mutex<Option<(Millis, Statistics)>>);
 
 impl StatsCache {
     async fn get(&self, store: &Store, now: Millis) -> Result<Statistics> {
-        if let Some((at, stats)) = &*self.0.lock().expect("stats cache poisoned") {
-            if (0..STATS_TTL).contains(&(now - at)) {
-                return Ok(stats.clone());
-            }
+        if let Some((at, stats)) = &*self.0.lock().expect("stats cache poisoned")
+            && (0..STATS_TTL).contains(&(now - at))
+        {
+            return Ok(stats.clone());
         }
         let stats = store.statistics(now).await?;
         *self.0.lock().expect("stats cache poisoned") = Some((now, stats.clone()));

@@ -356,7 +356,8 @@ async fn required_parameters_and_components_are_enforced() {
     let user = app.user();
     let uri: http::Uri = format!("{}/v1/info?q=1", app.url).parse().unwrap();
     let base = user.signer.params(true, &HeaderMap::new()).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut httpsig::SignatureParams)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut httpsig::SignatureParams)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|p| p.nonce = None), "nonce is required"),
         (
             Box::new(|p| p.nonce = Some("short".into())),

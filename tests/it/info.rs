@@ -32,7 +32,7 @@ async fn get_info_is_the_same_over_grpc_grpc_web_and_json() {
     assert_eq!(grpc.admin_display_name, "Alice Admin");
     assert_eq!(grpc.admin_message, "line one\nline two");
     assert_eq!(grpc.privacy_policy_url, "https://example.org/privacy");
-    let limits = grpc.limits.clone().expect("limits");
+    let limits = grpc.limits.expect("limits");
     assert_eq!(limits.max_attachment_bytes, 20 << 20);
     assert_eq!(limits.exchange_lifetime_seconds, 3600);
     assert!(!grpc.push_enabled);

@@ -20,6 +20,7 @@ use crate::{
     config::Config,
     domain::{exchanges, info::StatsCache},
     identity::ServerIdentity,
+    jobs,
     store::Store,
 };
 
@@ -78,6 +79,10 @@ impl App {
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let addr = SocketAddr::new(config.bind_address, config.port);
         let state = AppState::open(config, clock).await?;
+        state
+            .blobs
+            .remove_leftover_temp_files()
+            .context("cleaning the attachments' temp folder")?;
         let service = api::service(&state).context("building the API")?;
         let listener = TcpListener::bind(addr)
             .await
@@ -135,6 +140,8 @@ impl App {
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(60));
         let graceful = GracefulShutdown::new();
+        let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
+        let jobs = tokio::spawn(jobs::scheduler(state.clone(), jobs_stopped));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -175,6 +182,10 @@ impl App {
             .is_err()
         {
             tracing::warn!("grace period over; closing remaining connections");
+        }
+        let _ = stop_jobs.send(true);
+        if let Err(e) = jobs.await {
+            tracing::error!(error = %e, "the retention scheduler failed");
         }
         state.store.close().await;
         Ok(())

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::io::AsyncWriteExt;
 
-use crate::domain::AttachmentId;
+use crate::{clock::Millis, domain::AttachmentId};
 
 #[derive(Clone, Debug)]
 pub struct Blobs {
@@ -20,15 +20,20 @@ pub struct Blobs {
 }
 
 impl Blobs {
-    /// Opens (creating) the folder and removes temp files that an earlier
-    /// process left half-written.
+    /// Opens (creating) the folder.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir.join("tmp"))?;
-        let blobs = Blobs {
+        Ok(Blobs {
             dir: Arc::new(dir.to_owned()),
-        };
+        })
+    }
+
+    /// Removes temp files that an earlier server process left half-written.
+    /// Only the server calls this at start, never an operator command that
+    /// may run beside a live server.
+    pub fn remove_leftover_temp_files(&self) -> io::Result<()> {
         let mut removed = 0;
-        for entry in std::fs::read_dir(blobs.tmp_dir())? {
+        for entry in std::fs::read_dir(self.tmp_dir())? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
                 std::fs::remove_file(entry.path())?;
@@ -38,7 +43,7 @@ impl Blobs {
         if removed > 0 {
             tracing::info!(removed, "removed leftover temporary attachment files");
         }
-        Ok(blobs)
+        Ok(())
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -91,22 +96,48 @@ impl Blobs {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Names of the finished files (not temp files), for the orphan sweep.
-    pub fn list(&self) -> io::Result<Vec<AttachmentId>> {
-        let mut ids = Vec::new();
+    /// The finished files (not temp files) with their modification times,
+    /// for the orphan sweep. Files with foreign names are left alone.
+    pub fn files(&self) -> io::Result<Vec<(AttachmentId, Millis)>> {
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(self.dir.as_path())? {
             let entry = entry?;
-            if entry.file_type()?.is_file()
-                && let Some(id) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| AttachmentId::parse(n).ok())
+            let meta = entry.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| AttachmentId::parse(n).ok())
             {
-                ids.push(id);
+                found.push((id, modified_ms(&meta)));
             }
         }
-        Ok(ids)
+        Ok(found)
     }
+
+    /// Removes temp files last written before `cutoff` (abandoned uploads);
+    /// newer ones may belong to an upload in flight.
+    pub fn sweep_temp(&self, cutoff: Millis) -> io::Result<u64> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.tmp_dir())? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() && modified_ms(&meta) < cutoff {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn modified_ms(meta: &std::fs::Metadata) -> Millis {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// Makes a rename durable: fsync the folder that holds the new name.

@@ -34,6 +34,22 @@ pub struct Config {
     /// Most (key, nonce) pairs remembered for replay protection.
     pub replay_cache_max_entries: usize,
     pub limits: Limits,
+    pub retention: Retention,
+}
+
+/// What is forgotten when, and the database backups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub parcel_max_age_days: u32,
+    pub exchange_max_age_days: u32,
+    pub user_inactive_days: u32,
+    /// Minutes after midnight UTC of the daily run (`RETENTION_RUN_AT_UTC`).
+    pub run_at_minute: u32,
+    /// Run every N minutes instead of daily (`RETENTION_INTERVAL_MINUTES`).
+    pub interval_minutes: Option<u32>,
+    /// Folder for scheduled database backups; none when unset.
+    pub backup_path: Option<PathBuf>,
+    pub backup_keep_days: u32,
 }
 
 /// Sizes and counts a request must stay within.
@@ -145,6 +161,22 @@ impl Config {
                 min_free_disk_bytes: env.ranged64("MIN_FREE_DISK_BYTES", 256 << 20, 0, 1 << 50)?,
                 max_concurrent_uploads: env.ranged("MAX_CONCURRENT_UPLOADS", 8, 1, 1024)?,
             },
+            retention: Retention {
+                parcel_max_age_days: env.ranged("PARCEL_MAX_AGE_DAYS", 90, 1, 3650)?,
+                exchange_max_age_days: env.ranged("EXCHANGE_MAX_AGE_DAYS", 7, 1, 3650)?,
+                user_inactive_days: env.ranged("USER_INACTIVE_DAYS", 365, 1, 36500)?,
+                run_at_minute: parse_time_of_day(
+                    env.get("RETENTION_RUN_AT_UTC")
+                        .as_deref()
+                        .unwrap_or("04:00"),
+                )?,
+                interval_minutes: match env.get("RETENTION_INTERVAL_MINUTES") {
+                    None => None,
+                    Some(_) => Some(env.ranged("RETENTION_INTERVAL_MINUTES", 1440, 1, 7 * 1440)?),
+                },
+                backup_path: env.get("BACKUP_PATH").map(PathBuf::from),
+                backup_keep_days: env.ranged("BACKUP_KEEP_DAYS", 7, 1, 3650)?,
+            },
         })
     }
 
@@ -180,6 +212,7 @@ impl fmt::Debug for Config {
             .field("signature_max_skew_secs", &self.signature_max_skew_secs)
             .field("replay_cache_max_entries", &self.replay_cache_max_entries)
             .field("limits", &self.limits)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -254,6 +287,18 @@ impl Env<'_> {
             }),
         }
     }
+}
+
+/// `HH:MM` (24-hour clock) to minutes after midnight.
+fn parse_time_of_day(value: &str) -> Result<u32, ConfigError> {
+    let parsed = value.split_once(':').and_then(|(h, m)| {
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && value.len() == 5).then_some(h * 60 + m)
+    });
+    parsed.ok_or_else(|| ConfigError {
+        var: "RETENTION_RUN_AT_UTC",
+        message: format!("expected a time like 04:00, got {value:?}"),
+    })
 }
 
 fn parse_user_id(var: &'static str, value: &str) -> Result<UserId, ConfigError> {
@@ -333,6 +378,9 @@ mod tests {
             ("ADMIN_UUID", "not-a-key"),
             ("CONTACT_EXCHANGE_TIME_TO_LIVE_IN_MIN", "0"),
             ("PUBLIC_URL", "ftp://x"),
+            ("RETENTION_RUN_AT_UTC", "25:00"),
+            ("RETENTION_RUN_AT_UTC", "4:00"),
+            ("RETENTION_INTERVAL_MINUTES", "0"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");

@@ -9,6 +9,7 @@
 //! - [`store`]: the only code with SQL.
 //! - [`blobs`]: the only code that touches attachment files.
 //! - [`push`]: Web Push delivery.
+//! - [`jobs`]: retention (forgetting on schedule) and scheduled backups.
 //! - [`identity`]: the server's own key pairs.
 //! - [`httpsig`]: RFC 9421 message signatures (pure code).
 //! - [`client`]: a signing client for servers and tools.
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod httpsig;
 pub mod identity;
+pub mod jobs;
 pub mod push;
 pub mod store;
 

@@ -28,6 +28,12 @@ enum Command {
     /// Create a sign-up invite and print its link, without starting the
     /// server (a running server on the same database is fine).
     Invite,
+    /// Write a consistent copy of the database to FILE while the server may
+    /// be running and taking writes. Attachment files are not included.
+    Backup {
+        /// The file to create; it must not exist yet.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Invite => runtime.block_on(invite(config)),
+        Command::Backup { file } => runtime.block_on(backup(config, &file)),
     }
 }
 
@@ -68,6 +75,21 @@ async fn invite(config: Config) -> anyhow::Result<()> {
     let link = exchanges::create_sign_up_invite(&state.store, &state.config, clock.now()).await?;
     print_invite(&link);
     state.store.close().await;
+    Ok(())
+}
+
+async fn backup(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
+    if file.exists() {
+        anyhow::bail!("{} exists already; choose a new file name", file.display());
+    }
+    let state = AppState::open(config, Clock::system()).await?;
+    state
+        .store
+        .backup_to(file)
+        .await
+        .with_context(|| format!("writing the backup to {}", file.display()))?;
+    state.store.close().await;
+    println!("backup written to {}", file.display());
     Ok(())
 }
 

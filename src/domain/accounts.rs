@@ -110,12 +110,24 @@ pub async fn delete_account(
     now: Millis,
 ) -> Result<()> {
     let user = require_registered(store, caller).await?;
-    let orphans = store.delete_account(user.entry_id, now).await?;
+    let attachments = delete_entry(store, blobs, user.entry_id, now).await?;
+    tracing::info!(user = %caller.user_id.short(), attachments, "account deleted");
+    Ok(())
+}
+
+/// Deletes one account by its entry id: the one code path for deletion on
+/// request and by retention. Returns how many attachment files went.
+pub async fn delete_entry(
+    store: &Store,
+    blobs: &Blobs,
+    entry_id: i64,
+    now: Millis,
+) -> Result<usize> {
+    let orphans = store.delete_account(entry_id, now).await?;
     for id in &orphans {
         blobs.remove(id).await?;
     }
-    tracing::info!(user = %caller.user_id.short(), attachments = orphans.len(), "account deleted");
-    Ok(())
+    Ok(orphans.len())
 }
 
 pub async fn put_backup(

@@ -9,6 +9,7 @@
 mod accounts;
 mod exchanges;
 mod parcels;
+mod retention;
 mod server_config;
 mod stats;
 mod users;

@@ -4,31 +4,14 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::Method;
 use piqchat_inbox::{
     client::UserKey,
-    identity::random_bytes,
     pb::{self, LastSeen},
 };
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{TestApp, TestUser};
+use crate::harness::{TestApp, TestUser, browser_subscription};
 
 const GET_ACCOUNT: &str = "/piqchat.inbox.v1.AccountService/GetAccount";
-
-/// A push subscription exactly as a browser's `PushSubscription.toJSON()`
-/// gives it, with a freshly generated P-256 key.
-fn browser_subscription() -> serde_json::Value {
-    use p256::elliptic_curve::sec1::ToEncodedPoint;
-    let secret = p256::SecretKey::from_slice(&random_bytes::<32>()).unwrap();
-    let point = secret.public_key().to_encoded_point(false);
-    json!({
-        "endpoint": "https://fcm.googleapis.com/fcm/send/dY3n:APA91bH",
-        "expirationTime": null,
-        "keys": {
-            "p256dh": URL_SAFE_NO_PAD.encode(point.as_bytes()),
-            "auth": URL_SAFE_NO_PAD.encode(random_bytes::<16>()),
-        }
-    })
-}
 
 async fn get_account(user: &TestUser) -> Result<pb::GetAccountResponse, tonic::Status> {
     user.accounts()

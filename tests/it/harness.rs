@@ -286,3 +286,21 @@ impl TestUser {
         pb::info_service_client::InfoServiceClient::new(self.channel().await)
     }
 }
+
+/// A push subscription exactly as a browser's `PushSubscription.toJSON()`
+/// gives it, with a freshly generated P-256 key.
+pub fn browser_subscription() -> serde_json::Value {
+    use base64::Engine as _;
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let secret =
+        p256::SecretKey::from_slice(&piqchat_inbox::identity::random_bytes::<32>()).unwrap();
+    let point = secret.public_key().to_encoded_point(false);
+    serde_json::json!({
+        "endpoint": "https://fcm.googleapis.com/fcm/send/dY3n:APA91bH",
+        "expirationTime": null,
+        "keys": {
+            "p256dh": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(point.as_bytes()),
+            "auth": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(piqchat_inbox::identity::random_bytes::<16>()),
+        }
+    })
+}

@@ -10,3 +10,4 @@ mod exchanges;
 mod gateway;
 mod info;
 mod parcels;
+mod retention;

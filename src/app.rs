@@ -21,6 +21,7 @@ use crate::{
     domain::{exchanges, info::StatsCache},
     identity::ServerIdentity,
     jobs,
+    metrics::Metrics,
     store::Store,
 };
 
@@ -33,6 +34,7 @@ pub struct AppState {
     pub clock: Clock,
     pub stats: Arc<StatsCache>,
     pub blobs: Blobs,
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -58,15 +60,36 @@ impl AppState {
             clock,
             stats: Arc::default(),
             blobs,
+            metrics: Metrics::new(),
         })
     }
 }
 
 pub type HttpService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
 
+/// The admin router: Prometheus text at `/metrics`.
+fn metrics_router(metrics: Metrics) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = metrics.render();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    )
+}
+
 /// A bound, ready-to-run server.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     service: HttpService,
     sign_up_invite: Option<String>,
@@ -87,6 +110,12 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
+        let metrics_listener = match state.config.metrics_address {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("binding the metrics address {addr} (METRICS_ADDRESS)")
+            })?),
+            None => None,
+        };
         let sign_up_invite = exchanges::ensure_sign_up_invite(
             &state.store,
             &state.config,
@@ -97,6 +126,7 @@ impl App {
         .context("creating the sign-up invite")?;
         Ok(App {
             listener,
+            metrics_listener,
             state,
             service,
             sign_up_invite,
@@ -115,6 +145,13 @@ impl App {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -124,6 +161,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let App {
             listener,
+            metrics_listener,
             state,
             service,
             ..
@@ -141,7 +179,18 @@ impl App {
             .keep_alive_interval(Duration::from_secs(60));
         let graceful = GracefulShutdown::new();
         let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
-        let jobs = tokio::spawn(jobs::scheduler(state.clone(), jobs_stopped));
+        let jobs = tokio::spawn(jobs::scheduler(state.clone(), jobs_stopped.clone()));
+        let metrics = metrics_listener.map(|listener| {
+            let mut stopped = jobs_stopped;
+            let router = metrics_router(state.metrics.clone());
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await
+            })
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -186,6 +235,11 @@ impl App {
         let _ = stop_jobs.send(true);
         if let Err(e) = jobs.await {
             tracing::error!(error = %e, "the retention scheduler failed");
+        }
+        if let Some(metrics) = metrics {
+            if let Ok(Err(e)) = metrics.await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
         }
         state.store.close().await;
         Ok(())

@@ -12,6 +12,9 @@ pub struct Config {
     pub bind_address: IpAddr,
     /// TCP port (`PORT`); 0 picks a free one.
     pub port: u16,
+    /// Where `/metrics` is served (`METRICS_ADDRESS`); `None` when "off".
+    /// Loopback by default, so it is not public by accident.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// SQLite database file (`DATABASE_PATH`).
     pub database_path: PathBuf,
     /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`).
@@ -107,6 +110,14 @@ impl Config {
         Ok(Config {
             bind_address: env.parse("BIND_ADDRESS", "0.0.0.0".parse().expect("literal"))?,
             port: env.parse("PORT", 8080)?,
+            metrics_address: match env.get("METRICS_ADDRESS").as_deref() {
+                Some("off") => None,
+                Some(v) => Some(v.parse().map_err(|_| ConfigError {
+                    var: "METRICS_ADDRESS",
+                    message: format!("expected an address like 127.0.0.1:9464, or off; got {v:?}"),
+                })?),
+                None => Some("127.0.0.1:9464".parse().expect("literal")),
+            },
             database_path: env.path("DATABASE_PATH", "data/inbox.sqlite"),
             attachments_path: env.path("PARCEL_ATTACHMENTS_UPLOAD_PATH", "data/attachments"),
             public_url,
@@ -185,6 +196,7 @@ impl Config {
         let mut config = Self::from_lookup(|_| None).expect("defaults are valid");
         config.bind_address = "127.0.0.1".parse().expect("literal");
         config.port = 0;
+        config.metrics_address = Some("127.0.0.1:0".parse().expect("literal"));
         config.database_path = dir.join("inbox.sqlite");
         config.attachments_path = dir.join("attachments");
         config
@@ -198,6 +210,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("bind_address", &self.bind_address)
             .field("port", &self.port)
+            .field("metrics_address", &self.metrics_address)
             .field("database_path", &self.database_path)
             .field("attachments_path", &self.attachments_path)
             .field("public_url", &self.public_url)
@@ -373,6 +386,7 @@ mod tests {
         for (var, value) in [
             ("PORT", "eighty"),
             ("PORT", "70000"),
+            ("METRICS_ADDRESS", "everywhere"),
             ("CREATE_SIGN_UP_INVITE", "maybe"),
             ("PUSH_VAPID_CONTACT", "admin@example.org"),
             ("ADMIN_UUID", "not-a-key"),

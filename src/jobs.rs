@@ -16,6 +16,7 @@ use crate::{
     clock::{DAY, HOUR, MINUTE, Millis, SECOND},
     domain::accounts,
     error::Result,
+    metrics::KindLabels,
     store::Store,
 };
 
@@ -79,22 +80,25 @@ pub async fn expire_exchanges_once(store: &Store, now: Millis, max_age_days: u32
 }
 
 /// Accounts not seen for the configured days (or never seen and created that
-/// long ago), deleted exactly as a user's own deletion does.
+/// long ago), deleted exactly as a user's own deletion does. Returns
+/// (users, their parcels, attachment files).
 pub async fn expire_users_once(
     store: &Store,
     blobs: &Blobs,
     now: Millis,
     inactive_days: u32,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, u64)> {
     let cutoff = now - i64::from(inactive_days) * DAY;
-    let (mut users, mut files) = (0, 0);
+    let (mut users, mut parcels, mut files) = (0, 0, 0);
     loop {
         let batch = store.inactive_users(cutoff, USER_BATCH).await?;
         if batch.is_empty() {
-            return Ok((users, files));
+            return Ok((users, parcels, files));
         }
         for entry in batch {
-            files += accounts::delete_entry(store, blobs, entry, now).await? as u64;
+            let deleted = accounts::delete_entry(store, blobs, entry, now).await?;
+            parcels += deleted.parcels;
+            files += deleted.attachments;
             users += 1;
         }
     }
@@ -148,12 +152,13 @@ pub async fn run_once(state: &AppState, now: Millis) -> Result<Report> {
     let (parcels, attachments) =
         expire_parcels_once(store, blobs, now, r.parcel_max_age_days).await?;
     let exchanges = expire_exchanges_once(store, now, r.exchange_max_age_days).await?;
-    let (users, user_files) = expire_users_once(store, blobs, now, r.user_inactive_days).await?;
+    let (users, user_parcels, user_files) =
+        expire_users_once(store, blobs, now, r.user_inactive_days).await?;
     let stats_rows = expire_stats_once(store, now).await?;
     let outbox_rows = expire_outbox_once(store, now).await?;
     let (orphan_files, temp_files) = sweep_files_once(store, blobs, now).await?;
     let report = Report {
-        parcels,
+        parcels: parcels + user_parcels,
         attachments: attachments + user_files,
         exchanges,
         users,
@@ -162,6 +167,23 @@ pub async fn run_once(state: &AppState, now: Millis) -> Result<Report> {
         temp_files,
         outbox_rows,
     };
+    let m = &state.metrics;
+    m.retention_runs.inc();
+    for (kind, n) in [
+        ("parcels", report.parcels),
+        ("attachments", report.attachments),
+        ("exchanges", report.exchanges),
+        ("users", report.users),
+        ("stats_rows", report.stats_rows),
+        ("orphan_files", report.orphan_files),
+        ("temp_files", report.temp_files),
+        ("outbox_rows", report.outbox_rows),
+    ] {
+        m.retention_deleted
+            .get_or_create(&KindLabels { kind })
+            .inc_by(n);
+    }
+    m.parcel_deleted("retention", report.parcels);
     tracing::info!(
         parcels = report.parcels,
         attachments = report.attachments,

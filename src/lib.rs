@@ -13,6 +13,7 @@
 //! - [`identity`]: the server's own key pairs.
 //! - [`httpsig`]: RFC 9421 message signatures (pure code).
 //! - [`client`]: a signing client for servers and tools.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`clock`], [`error`]: time and the one error type.
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod httpsig;
 pub mod identity;
 pub mod jobs;
+pub mod metrics;
 pub mod push;
 pub mod store;
 

@@ -43,11 +43,7 @@ fn main() -> anyhow::Result<()> {
         Err(e) if e.not_found() => {}
         Err(e) => return Err(e).context("reading .env"),
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging()?;
     let config = Config::from_env()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -100,6 +96,20 @@ fn print_invite(link: &str) {
     println!();
     println!("{link}");
     println!();
+}
+
+/// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes one JSON
+/// object per line for log collectors, anything else the human format.
+fn init_logging() -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match std::env::var("LOG_FORMAT").ok().as_deref() {
+        Some("json") => builder.json().flatten_event(true).init(),
+        None | Some("" | "text" | "human") => builder.init(),
+        Some(other) => anyhow::bail!("LOG_FORMAT: expected json or text, got {other:?}"),
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -73,7 +73,8 @@ impl pb::account_service_server::AccountService for Api {
     ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
         let caller = caller(&request)?;
         let s = &self.0;
-        accounts::delete_account(&s.store, &s.blobs, &caller, s.clock.now()).await?;
+        let deleted = accounts::delete_account(&s.store, &s.blobs, &caller, s.clock.now()).await?;
+        s.metrics.parcel_deleted("account", deleted.parcels);
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
 

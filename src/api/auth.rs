@@ -28,6 +28,7 @@ use crate::{
     clock::{Clock, Millis, SECOND},
     domain::{Caller, UserId},
     httpsig::{self, DigestAlg, ParsedSignature, RequestParts, SigError},
+    metrics::Metrics,
 };
 
 /// The label verified when a request carries several signatures.
@@ -46,13 +47,14 @@ pub struct Verifier {
     replay: ReplayCache,
     /// Largest body read to check a covered Content-Digest.
     max_body: usize,
+    metrics: Metrics,
 }
 
 /// Why a request was refused before it reached a handler.
 #[derive(Debug)]
 pub enum Rejection {
-    /// 401 / UNAUTHENTICATED with a short reason for the client.
-    Unauthenticated(String),
+    /// 401 / UNAUTHENTICATED: a metric label and a short reason for the client.
+    Unauthenticated(&'static str, String),
     /// 503 / UNAVAILABLE: the replay cache is full.
     Unavailable(&'static str),
     /// 413 / RESOURCE_EXHAUSTED: a digest-covered body over the size limit.
@@ -74,6 +76,7 @@ impl Verifier {
     pub fn new(state: &AppState, max_body: usize) -> Self {
         Verifier {
             max_body,
+            metrics: state.metrics.clone(),
             tag: state.identity.public_key(),
             max_skew: i64::from(state.config.signature_max_skew_secs) * SECOND,
             clock: state.clock.clone(),
@@ -89,9 +92,11 @@ impl Verifier {
         if !has_input && !has_sig {
             return Ok(None);
         }
-        let fail = |reason: &str| Rejection::Unauthenticated(reason.to_owned());
+        let fail =
+            |kind: &'static str, reason: &str| Rejection::Unauthenticated(kind, reason.to_owned());
         if !has_input || !has_sig {
             return Err(fail(
+                "missing_header",
                 "both signature-input and signature headers are required",
             ));
         }
@@ -99,45 +104,55 @@ impl Verifier {
         if size("signature-input") > MAX_SIGNATURE_HEADER_BYTES
             || size("signature") > MAX_SIGNATURE_HEADER_BYTES
         {
-            return Err(fail("signature headers are too large"));
+            return Err(fail("too_large", "signature headers are too large"));
         }
         let sigs = httpsig::parse(headers).map_err(sig_error)?;
         let sig = choose(sigs)?;
         let p = &sig.params;
 
         if p.alg.as_deref() != Some("ed25519") {
-            return Err(fail("alg must be \"ed25519\""));
+            return Err(fail("policy", "alg must be \"ed25519\""));
         }
         let keyid = p
             .keyid
             .as_deref()
-            .ok_or_else(|| fail("keyid is required"))?;
-        let user_id = UserId::parse(keyid)
-            .map_err(|_| fail("keyid must be a user id (43 characters of unpadded base64url)"))?;
+            .ok_or_else(|| fail("policy", "keyid is required"))?;
+        let user_id = UserId::parse(keyid).map_err(|_| {
+            fail(
+                "policy",
+                "keyid must be a user id (43 characters of unpadded base64url)",
+            )
+        })?;
         if p.tag.as_deref() != Some(self.tag.as_str()) {
             return Err(fail(
+                "wrong_server",
                 "tag must be this server's public key (server_public_key of GetInfo): the signature was made for another server",
             ));
         }
         let nonce = p
             .nonce
             .as_deref()
-            .ok_or_else(|| fail("nonce is required"))?;
+            .ok_or_else(|| fail("policy", "nonce is required"))?;
         if !NONCE_LEN.contains(&nonce.len()) {
             return Err(fail(
+                "policy",
                 "nonce must be 22 to 128 characters (at least 16 random bytes)",
             ));
         }
         let now = self.clock.now();
-        let created = p.created.ok_or_else(|| fail("created is required"))?;
+        let created = p
+            .created
+            .ok_or_else(|| fail("policy", "created is required"))?;
         let created_ms = created.saturating_mul(SECOND);
         if created_ms < now - self.max_skew {
             return Err(fail(
+                "stale",
                 "signature is too old (created is outside the allowed window)",
             ));
         }
         if created_ms > now + self.max_skew {
             return Err(fail(
+                "stale",
                 "signature is from the future (check the client's clock)",
             ));
         }
@@ -145,26 +160,28 @@ impl Verifier {
         if let Some(expires) = p.expires {
             let expires_ms = expires.saturating_mul(SECOND);
             if expires_ms <= now {
-                return Err(fail("signature has expired"));
+                return Err(fail("stale", "signature has expired"));
             }
             forget_after = forget_after.min(expires_ms);
         }
         for required in ["@method", "@authority", "@path"] {
             if !p.covers(required) {
-                return Err(Rejection::Unauthenticated(format!(
-                    "the signature must cover \"{required}\""
-                )));
+                return Err(Rejection::Unauthenticated(
+                    "policy",
+                    format!("the signature must cover \"{required}\""),
+                ));
             }
         }
         let query = parts.uri.query();
         if query.is_some() && !p.covers("@query") {
             return Err(fail(
+                "policy",
                 "the signature must cover \"@query\" when the request has a query",
             ));
         }
 
         let authority = authority_of(parts)
-            .ok_or_else(|| fail("the request has no authority (Host header)"))?;
+            .ok_or_else(|| fail("malformed", "the request has no authority (Host header)"))?;
         let request = RequestParts {
             method: parts.method.as_str(),
             authority,
@@ -182,7 +199,12 @@ impl Verifier {
             .check_and_insert(user_id.as_bytes(), nonce, forget_after, now)
         {
             Replay::Fresh => {}
-            Replay::Replayed => return Err(fail("nonce was already used (replayed request)")),
+            Replay::Replayed => {
+                return Err(fail(
+                    "replayed",
+                    "nonce was already used (replayed request)",
+                ));
+            }
             Replay::Full => {
                 return Err(Rejection::Unavailable(
                     "too many signed requests; retry shortly",
@@ -194,7 +216,7 @@ impl Verifier {
             let value = headers
                 .get("content-digest")
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| fail("content-digest is covered but missing"))?;
+                .ok_or_else(|| fail("digest", "content-digest is covered but missing"))?;
             httpsig::parse_content_digest(value).map_err(sig_error)?
         } else {
             Vec::new()
@@ -224,20 +246,37 @@ fn choose(sigs: Vec<ParsedSignature>) -> Result<ParsedSignature, Rejection> {
     sigs.into_iter()
         .find(|s| s.label == PREFERRED_LABEL)
         .ok_or_else(|| {
-            Rejection::Unauthenticated(format!(
-                "several signatures and none labelled \"{PREFERRED_LABEL}\""
-            ))
+            Rejection::Unauthenticated(
+                "malformed",
+                format!("several signatures and none labelled \"{PREFERRED_LABEL}\""),
+            )
         })
 }
 
 fn sig_error(e: SigError) -> Rejection {
-    Rejection::Unauthenticated(e.to_string())
+    let kind = match e {
+        SigError::VerifyFailed | SigError::BadPublicKey | SigError::SignatureLength => {
+            "bad_signature"
+        }
+        SigError::ContentDigest(_) => "digest",
+        _ => "malformed",
+    };
+    Rejection::Unauthenticated(kind, e.to_string())
 }
 
 impl Rejection {
+    /// The metric label of this refusal.
+    fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Unauthenticated(kind, _) => kind,
+            Rejection::Unavailable(_) => "overloaded",
+            Rejection::TooLarge => "too_large",
+        }
+    }
+
     fn status(&self) -> Status {
         match self {
-            Rejection::Unauthenticated(reason) => Status::unauthenticated(reason.clone()),
+            Rejection::Unauthenticated(_, reason) => Status::unauthenticated(reason.clone()),
             Rejection::Unavailable(reason) => Status::unavailable(*reason),
             Rejection::TooLarge => {
                 Status::resource_exhausted("request body is larger than any call accepts")
@@ -278,21 +317,15 @@ impl Rejection {
 }
 
 fn refuse_now(
+    metrics: &Metrics,
     protocol: Protocol,
     parts: &http::request::Parts,
     rejection: Rejection,
 ) -> Response<Body> {
+    metrics.auth_failure(rejection.kind());
+    // The path is logged without its query; the key never is.
     tracing::info!(path = %parts.uri.path(), reason = ?rejection, "request refused");
     rejection.into_response(protocol)
-}
-
-fn refuse<E: Send + 'static>(
-    protocol: Protocol,
-    parts: &http::request::Parts,
-    rejection: Rejection,
-) -> BoxFuture<'static, Result<Response<Body>, E>> {
-    let response = refuse_now(protocol, parts, rejection);
-    Box::pin(async move { Ok(response) })
 }
 
 /// The tower layer that runs a [`Verifier`] on every request.
@@ -353,7 +386,10 @@ where
                 parts.extensions.insert(verified.caller);
                 verified.digests
             }
-            Err(rejection) => return refuse(protocol, &parts, rejection),
+            Err(rejection) => {
+                let response = refuse_now(&self.verifier.metrics, protocol, &parts, rejection);
+                return Box::pin(async move { Ok(response) });
+            }
         };
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
@@ -365,10 +401,11 @@ where
         // body, so the body is read first (bounded by the largest request any
         // route accepts). Only clients that opt into the digest pay for it.
         let max_body = self.verifier.max_body;
+        let metrics = self.verifier.metrics.clone();
         Box::pin(async move {
             let bytes = match Limited::new(body, max_body).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(_) => return Ok(refuse_now(protocol, &parts, Rejection::TooLarge)),
+                Err(_) => return Ok(refuse_now(&metrics, protocol, &parts, Rejection::TooLarge)),
             };
             let matches = digests.iter().all(|(alg, expected)| {
                 let actual = match alg {
@@ -378,9 +415,11 @@ where
                 &actual == expected
             });
             if !matches {
-                let rejection =
-                    Rejection::Unauthenticated("content-digest does not match the body".into());
-                return Ok(refuse_now(protocol, &parts, rejection));
+                let rejection = Rejection::Unauthenticated(
+                    "digest",
+                    "content-digest does not match the body".into(),
+                );
+                return Ok(refuse_now(&metrics, protocol, &parts, rejection));
             }
             inner
                 .call(Request::from_parts(parts, Body::from(bytes)))

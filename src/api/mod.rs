@@ -13,6 +13,7 @@ mod backups;
 mod exchanges;
 pub mod gateway;
 mod info;
+mod observe;
 mod pages;
 mod parcels;
 pub mod replay;
@@ -56,8 +57,10 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
     let gateway = gateway::Gateway::new(&pool, grpc.clone(), limits.gateway_limits())?;
     let http = pages::router().fallback_service(gateway);
 
-    let dispatch = tower::service_fn(move |req: Request<Body>| {
-        let target = match Protocol::of(&req) {
+    let dispatch = tower::service_fn(move |mut req: Request<Body>| {
+        let protocol = Protocol::of(&req);
+        req.extensions_mut().insert(protocol);
+        let target = match protocol {
             Protocol::Grpc => Target::Router(grpc.clone()),
             Protocol::GrpcWeb => Target::Service(grpc_web.clone()),
             Protocol::Http => Target::Router(http.clone()),
@@ -162,7 +165,31 @@ fn grpc_router(state: &AppState, limits: &MessageLimits) -> anyhow::Result<axum:
         .add_service(health)
         .clone()
         .routes();
-    Ok(routes.into_axum_router())
+    let known = pool_rpc_paths(&DescriptorPool::decode(FILE_DESCRIPTOR_SET)?)
+        .into_iter()
+        .chain(
+            [
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ]
+            .map(str::to_owned),
+        );
+    Ok(routes
+        .into_axum_router()
+        .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))
+}
+
+/// `/package.Service/Method` for every RPC in `pool`.
+fn pool_rpc_paths(pool: &DescriptorPool) -> Vec<String> {
+    pool.services()
+        .flat_map(|s| {
+            s.methods()
+                .map(|m| format!("/{}/{}", s.full_name(), m.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 const INFO_SERVICE: &str = "piqchat.inbox.v1.InfoService";

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 use super::{Api, caller, client_version, timestamp};
 use crate::{
     domain::{ParcelId, UserId, parcels},
+    metrics::KindLabels,
     pb,
 };
 
@@ -47,10 +48,16 @@ impl pb::parcel_service_server::ParcelService for Api {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let s = &self.0;
+        let attachment_bytes = req.attachment.as_ref().map_or(0, Vec::len) as u64;
         let send = parcels::Send {
             kind: req.r#type,
             recipients,
             attachment: req.attachment,
+        };
+        let kind = if send.kind == parcels::MEDIA {
+            "MEDIA"
+        } else {
+            "other"
         };
         let sent = parcels::send(
             &s.store,
@@ -61,6 +68,11 @@ impl pb::parcel_service_server::ParcelService for Api {
             s.clock.now(),
         )
         .await?;
+        s.metrics
+            .parcels_stored
+            .get_or_create(&KindLabels { kind })
+            .inc_by(sent.delivered.len() as u64);
+        s.metrics.attachment_bytes_stored.inc_by(attachment_bytes);
         Ok(Response::new(pb::SendParcelResponse {
             delivered_recipient_ids: sent.delivered.iter().map(ToString::to_string).collect(),
             forbidden_recipient_ids: sent.forbidden.iter().map(ToString::to_string).collect(),
@@ -149,6 +161,7 @@ impl pb::parcel_service_server::ParcelService for Api {
         let parcel = ParcelId::parse(&request.get_ref().parcel_id)?;
         let s = &self.0;
         parcels::delete(&s.store, &s.blobs, &caller, &parcel).await?;
+        s.metrics.parcel_deleted("recipient", 1);
         Ok(Response::new(pb::DeleteParcelResponse {}))
     }
 }

@@ -108,11 +108,23 @@ pub async fn delete_account(
     blobs: &Blobs,
     caller: &Caller,
     now: Millis,
-) -> Result<()> {
+) -> Result<Deleted> {
     let user = require_registered(store, caller).await?;
-    let attachments = delete_entry(store, blobs, user.entry_id, now).await?;
-    tracing::info!(user = %caller.user_id.short(), attachments, "account deleted");
-    Ok(())
+    let deleted = delete_entry(store, blobs, user.entry_id, now).await?;
+    tracing::info!(
+        user = %caller.user_id.short(),
+        parcels = deleted.parcels,
+        attachments = deleted.attachments,
+        "account deleted"
+    );
+    Ok(deleted)
+}
+
+/// What deleting an account removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub parcels: u64,
+    pub attachments: u64,
 }
 
 /// Deletes one account by its entry id: the one code path for deletion on
@@ -122,12 +134,15 @@ pub async fn delete_entry(
     blobs: &Blobs,
     entry_id: i64,
     now: Millis,
-) -> Result<usize> {
-    let orphans = store.delete_account(entry_id, now).await?;
+) -> Result<Deleted> {
+    let (parcels, orphans) = store.delete_account(entry_id, now).await?;
     for id in &orphans {
         blobs.remove(id).await?;
     }
-    Ok(orphans.len())
+    Ok(Deleted {
+        parcels,
+        attachments: orphans.len() as u64,
+    })
 }
 
 pub async fn put_backup(

@@ -72,9 +72,13 @@ impl Store {
 
     /// Deletes everything of an account in one transaction and blanks its
     /// row (kept so that others' `invited_by` links keep their shape).
-    /// Returns the attachments no parcel references any more, whose files
-    /// the caller removes.
-    pub async fn delete_account(&self, entry_id: i64, now: Millis) -> Result<Vec<AttachmentId>> {
+    /// Returns how many parcels went and the attachments no parcel
+    /// references any more, whose files the caller removes.
+    pub async fn delete_account(
+        &self,
+        entry_id: i64,
+        now: Millis,
+    ) -> Result<(u64, Vec<AttachmentId>)> {
         let mut tx = self.writer.begin().await?;
         let attachments: Vec<(String,)> = sqlx::query_as(
             "SELECT DISTINCT attachment_id FROM parcels WHERE recipient_id = $1 AND attachment_id IS NOT NULL",
@@ -82,8 +86,12 @@ impl Store {
         .bind(entry_id)
         .fetch_all(&mut *tx)
         .await?;
+        let parcels = sqlx::query("DELETE FROM parcels WHERE recipient_id = $1")
+            .bind(entry_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         for table in [
-            "DELETE FROM parcels WHERE recipient_id = $1",
             "DELETE FROM contacts WHERE user_id = $1",
             "DELETE FROM backups WHERE user_id = $1",
             "DELETE FROM push_subscriptions WHERE user_id = $1",
@@ -114,7 +122,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.checkpoint().await;
-        Ok(orphans)
+        Ok((parcels, orphans))
     }
 
     /// Moves the write-ahead log into the database file and truncates it, so

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub dir: Arc<tempfile::TempDir>,
     /// The sign-up invite link printed at start, if one was made.
     pub sign_up_invite: Option<String>,
+    /// Where `/metrics` is served.
+    pub metrics_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -44,6 +46,10 @@ impl TestApp {
         let addr = app.local_addr();
         let state = app.state().clone();
         let sign_up_invite = app.sign_up_invite().map(str::to_owned);
+        let metrics_url = format!(
+            "http://{}/metrics",
+            app.metrics_addr().expect("metrics listener")
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -56,6 +62,7 @@ impl TestApp {
             state,
             dir,
             sign_up_invite,
+            metrics_url,
             shutdown: Some(tx),
             task: Some(task),
         }

@@ -9,5 +9,6 @@ mod auth;
 mod exchanges;
 mod gateway;
 mod info;
+mod operations;
 mod parcels;
 mod retention;

@@ -132,15 +132,15 @@ async fn inactive_users_are_deleted_with_everything_attached() {
         jobs::expire_users_once(store, blobs, t0 + 365 * DAY - SECOND, 365)
             .await
             .unwrap(),
-        (0, 0)
+        (0, 0, 0)
     );
-    let (users, files) = jobs::expire_users_once(store, blobs, t0 + 365 * DAY + SECOND, 365)
+    let deleted = jobs::expire_users_once(store, blobs, t0 + 365 * DAY + SECOND, 365)
         .await
         .unwrap();
     assert_eq!(
-        (users, files),
-        (1, 1),
-        "bob (never seen, created a year ago) and his attachment"
+        deleted,
+        (1, 1, 1),
+        "bob (never seen, created a year ago), his parcel and its attachment"
     );
     assert!(
         store
@@ -165,7 +165,7 @@ async fn inactive_users_are_deleted_with_everything_attached() {
             .unwrap()
             .is_some()
     );
-    let (users, _) = jobs::expire_users_once(store, blobs, t0 + 366 * DAY + SECOND, 365)
+    let (users, _, _) = jobs::expire_users_once(store, blobs, t0 + 366 * DAY + SECOND, 365)
         .await
         .unwrap();
     assert_eq!(users, 1);

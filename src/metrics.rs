@@ -1,0 +1,167 @@
+//! Prometheus metrics, rendered as text at `/metrics` on the admin address.
+//! Labels never carry ids, tokens or content: only RPC names, codes and
+//! small fixed sets of reasons.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub protocol: &'static str,
+    pub rpc: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub protocol: &'static str,
+    pub rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Every metric the server exports; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RpcLabels, Histogram>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub parcels_stored: Family<KindLabels, Counter>,
+    pub attachment_bytes_stored: Counter,
+    pub parcels_deleted: Family<ReasonLabels, Counter>,
+    pub pushes: Family<ReasonLabels, Counter>,
+    pub push_outbox_depth: Gauge,
+    pub retention_runs: Counter,
+    pub retention_deleted: Family<KindLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("piqchat");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by protocol, RPC and gRPC status code",
+            requests.clone(),
+        );
+        // 0.25 ms .. ~8 s
+        let request_duration = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response body",
+            request_duration.clone(),
+        );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused by signature verification, by reason",
+            auth_failures.clone(),
+        );
+        let parcels_stored = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "parcels_stored",
+            "Parcels stored (one per recipient), MEDIA or other",
+            parcels_stored.clone(),
+        );
+        let attachment_bytes_stored = Counter::default();
+        registry.register(
+            "attachment_bytes_stored",
+            "Attachment bytes written to disk",
+            attachment_bytes_stored.clone(),
+        );
+        let parcels_deleted = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "parcels_deleted",
+            "Parcels deleted, by cause (recipient, account, retention)",
+            parcels_deleted.clone(),
+        );
+        let pushes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "pushes",
+            "Web Push attempts by result (sent, retried, gone, dropped, failed)",
+            pushes.clone(),
+        );
+        let push_outbox_depth = Gauge::default();
+        registry.register(
+            "push_outbox_depth",
+            "Pushes waiting in the outbox",
+            push_outbox_depth.clone(),
+        );
+        let retention_runs = Counter::default();
+        registry.register(
+            "retention_runs",
+            "Completed retention runs",
+            retention_runs.clone(),
+        );
+        let retention_deleted = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "retention_deleted",
+            "Rows and files deleted by retention, by kind",
+            retention_deleted.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            request_duration,
+            auth_failures,
+            parcels_stored,
+            attachment_bytes_stored,
+            parcels_deleted,
+            pushes,
+            push_outbox_depth,
+            retention_runs,
+            retention_deleted,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn parcel_deleted(&self, reason: &'static str, n: u64) {
+        self.parcels_deleted
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
+    }
+
+    pub fn push(&self, reason: &'static str) {
+        self.pushes.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}

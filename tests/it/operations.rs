@@ -1,0 +1,123 @@
+//! Operating the server: metrics, logs-free of secrets, shutdown.
+
+use http::Method;
+use piqchat_inbox::{client::HttpClient, pb};
+
+use crate::harness::TestApp;
+
+async fn metrics(app: &TestApp) -> String {
+    let base = app.metrics_url.trim_end_matches("/metrics");
+    let reply = HttpClient::new(base, None)
+        .json(Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_auth_failures_and_parcels_on_the_admin_address() {
+    let app = TestApp::spawn().await;
+    let alice = app.registered_user().await;
+    let bob = app.registered_user().await;
+    bob.set_contacts(&[&alice]).await;
+    app.info()
+        .await
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .unwrap();
+    app.http()
+        .json(Method::GET, "/v1/info", None)
+        .await
+        .unwrap();
+    let _: pb::GetInfoResponse = app
+        .http()
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.InfoService/GetInfo",
+            &pb::GetInfoRequest {},
+        )
+        .await
+        .unwrap();
+    alice
+        .send("MEDIA", &[&bob], Some(vec![7; 1234]))
+        .await
+        .unwrap();
+    let id = bob.list().await[0].id.clone();
+    bob.parcels()
+        .await
+        .delete_parcel(pb::DeleteParcelRequest { parcel_id: id })
+        .await
+        .unwrap();
+    let mut stale = alice.http().request(
+        Method::GET,
+        "/v1/info",
+        Default::default(),
+        Default::default(),
+    );
+    stale.headers_mut().remove("signature");
+    app.http().send(stale).await.unwrap();
+
+    let text = metrics(&app).await;
+    for protocol in ["grpc", "grpc-web", "json"] {
+        let series = format!(
+            "piqchat_requests_total{{protocol=\"{protocol}\",rpc=\"/piqchat.inbox.v1.InfoService/GetInfo\",code=\"Ok\"}}"
+        );
+        assert_eq!(value(&text, &series), 1.0, "{protocol}");
+    }
+    assert!(text.contains("piqchat_request_duration_seconds_bucket{"));
+    assert_eq!(
+        value(
+            &text,
+            "piqchat_auth_failures_total{reason=\"missing_header\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "piqchat_parcels_stored_total{kind=\"MEDIA\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "piqchat_attachment_bytes_stored_total"),
+        1234.0
+    );
+    assert_eq!(
+        value(&text, "piqchat_parcels_deleted_total{reason=\"recipient\"}"),
+        1.0
+    );
+    // No ids, tokens or content in any label.
+    for secret in [alice.id(), bob.id()] {
+        assert!(!text.contains(&secret));
+    }
+    // Unknown RPC paths do not create new label values.
+    let err = app
+        .http()
+        .grpc_web_unary::<_, pb::GetInfoResponse>(
+            "/piqchat.inbox.v1.Nope/Nothing",
+            &pb::GetInfoRequest {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("rpc=\"other\",code=\"Unimplemented\""),
+        "{text}"
+    );
+    assert!(!text.contains("Nope"));
+    // The metrics are not on the public port.
+    let reply = app
+        .http()
+        .json(Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 404);
+}

@@ -236,10 +236,10 @@ impl App {
         if let Err(e) = jobs.await {
             tracing::error!(error = %e, "the retention scheduler failed");
         }
-        if let Some(metrics) = metrics {
-            if let Ok(Err(e)) = metrics.await {
-                tracing::error!(error = %e, "the metrics listener failed");
-            }
+        if let Some(metrics) = metrics
+            && let Ok(Err(e)) = metrics.await
+        {
+            tracing::error!(error = %e, "the metrics listener failed");
         }
         state.store.close().await;
         Ok(())

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use piqchat_inbox::{
     app::{App, AppState},
+    client::{HttpClient, RequestSigner, UserKey},
     clock::Clock,
     config::Config,
     domain::exchanges,
@@ -34,6 +35,33 @@ enum Command {
         /// The file to create; it must not exist yet.
         file: std::path::PathBuf,
     },
+    /// Validate the configuration and print the effective values.
+    CheckConfig,
+    /// Make a new user key for debugging: prints the secret key and the user id.
+    Keygen,
+    /// Print the Signature-Input and Signature headers for one request, ready
+    /// for `grpcurl -H`, `buf curl -H` or `curl -H` (see docs/AUTH.md).
+    Sign {
+        /// The secret key (unpadded base64url, as `keygen` prints it).
+        #[arg(
+            long,
+            env = "PIQCHAT_SECRET_KEY",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
+        key: String,
+        /// The HTTP method: POST for gRPC and gRPC-web calls.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// The full URL, e.g. http://localhost:8080/piqchat.inbox.v1.AccountService/GetAccount
+        /// or http://localhost:8080/v1/account.
+        #[arg(long)]
+        url: String,
+        /// The server's public key (GetInfo's server_public_key); fetched
+        /// from the URL's server when not given.
+        #[arg(long)]
+        tag: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,13 +72,64 @@ fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e).context("reading .env"),
     }
     init_logging()?;
-    let config = Config::from_env()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(config)),
-        Command::Invite => runtime.block_on(invite(config)),
-        Command::Backup { file } => runtime.block_on(backup(config, &file)),
+        Command::Serve => runtime.block_on(serve(Config::from_env()?)),
+        Command::Invite => runtime.block_on(invite(Config::from_env()?)),
+        Command::Backup { file } => runtime.block_on(backup(Config::from_env()?, &file)),
+        Command::CheckConfig => {
+            let config = Config::from_env()?;
+            println!("{config:#?}");
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Keygen => {
+            let key = UserKey::generate();
+            println!("secret key: {}", key.secret_base64url());
+            println!("user id:    {}", key.user_id());
+            Ok(())
+        }
+        Command::Sign {
+            key,
+            method,
+            url,
+            tag,
+        } => runtime.block_on(sign(&key, &method, &url, tag)),
     }
+}
+
+async fn sign(key: &str, method: &str, url: &str, tag: Option<String>) -> anyhow::Result<()> {
+    let key = UserKey::from_base64url(key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let method: http::Method = method
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--method: not an HTTP method"))?;
+    let uri: http::Uri = url.parse().context("--url: not a URL")?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        anyhow::bail!("--url: expected an absolute URL like http://localhost:8080/v1/account");
+    };
+    let tag = match tag {
+        Some(tag) => tag,
+        None => {
+            let base = format!("{scheme}://{authority}");
+            let reply = HttpClient::new(&base, None)
+                .json(http::Method::GET, "/v1/info", None)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("fetching {base}/v1/info for the tag: {}", e.message())
+                })?;
+            reply.json()["serverPublicKey"]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("{base}/v1/info has no serverPublicKey; pass --tag"))?
+        }
+    };
+    let (input, signature) = RequestSigner::new(key, tag)
+        .sign(&method, &uri, &http::HeaderMap::new())
+        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    println!("Signature-Input: {input}");
+    println!("Signature: {signature}");
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -169,12 +169,16 @@ async fn backup(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// The invite link on standard output, alone on its line so it is easy to copy.
+/// A closed standard output (e.g. a supervisor that stopped reading) must not
+/// stop the server, so write errors are ignored.
 fn print_invite(link: &str) {
-    println!();
-    println!("Sign-up invite (open it in the browser, then type this server's domain):");
-    println!();
-    println!("{link}");
-    println!();
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\nSign-up invite (open it in the browser, then type this server's domain):\n\n{link}\n"
+    );
+    let _ = out.flush();
 }
 
 /// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes one JSON
@@ -182,7 +186,11 @@ fn print_invite(link: &str) {
 fn init_logging() -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to standard error; standard output carries what the commands
+    // print (the invite link, headers), so it stays easy to copy and pipe.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match std::env::var("LOG_FORMAT").ok().as_deref() {
         Some("json") => builder.json().flatten_event(true).init(),
         None | Some("" | "text" | "human") => builder.init(),

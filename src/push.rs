@@ -1,6 +1,11 @@
-//! Web Push delivery (SPEC §6). The hand-off below is the one place where a
-//! stored parcel leads to push messages; delivery itself (VAPID, encryption,
-//! the outbox and its worker) is not built yet, so it sends nothing.
+//! Web Push delivery (SPEC §6): message encryption and VAPID ([`message`]),
+//! the endpoint guard against server-side request forgery ([`guard`]), the
+//! rustls HTTP client that only connects to vetted addresses ([`http`]), and
+//! the persistent outbox worker (below).
+
+pub mod guard;
+pub mod http;
+pub mod message;
 
 use crate::domain::UserId;
 

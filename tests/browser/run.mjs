@@ -12,7 +12,8 @@
 //
 // Environment: PIQCHAT_INBOX_BIN (the server binary, required),
 // CHROMIUM (default /usr/bin/chromium), BROWSER_TEST_ARTIFACTS (where to put
-// screenshots and logs on failure; default a new folder under $TMPDIR).
+// screenshots and logs on failure; default a new folder under $TMPDIR),
+// BROWSER_TEST_TIMEOUT_S (the whole run's limit, default 150).
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -29,9 +30,9 @@ const REPO = path.resolve(HERE, "../..");
 const BIN = process.env.PIQCHAT_INBOX_BIN;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ATTACHMENT_BYTES = 5 * 1024 * 1024;
-const WATCHDOG_MS = 150_000;
+const WATCHDOG_MS = 1000 * Number(process.env.BROWSER_TEST_TIMEOUT_S || 150);
+// Playwright adds --headless and a fresh temporary --user-data-dir itself.
 const CHROMIUM_FLAGS = [
-  "--headless",
   "--no-sandbox",
   "--disable-gpu",
   "--disable-background-networking",
@@ -84,9 +85,13 @@ async function startInbox(name) {
     HOME: process.env.HOME ?? dir,
     NO_COLOR: "1",
     RUST_LOG: "info",
-    RUST_BACKTRACE: "1",
+    RUST_BACKTRACE: "1", // for panics; not for every error
+    RUST_LIB_BACKTRACE: "0",
     BIND_ADDRESS: "127.0.0.1",
     PORT: String(port),
+    // The metrics listener has a fixed default port: two instances on one
+    // machine would collide on it.
+    METRICS_ADDRESS: "127.0.0.1:0",
     DATABASE_PATH: path.join(dir, "inbox.sqlite"),
     PARCEL_ATTACHMENTS_UPLOAD_PATH: path.join(dir, "attachments"),
   };
@@ -103,11 +108,13 @@ async function startInbox(name) {
 
   let invite = null;
   let buffered = "";
+  let all = "";
   return await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s; log: ${logPath}`)), 30_000);
     const onData = (chunk) => {
       logFile.write(chunk);
       buffered += stripAnsi(chunk.toString());
+      all += stripAnsi(chunk.toString());
       let nl;
       while ((nl = buffered.indexOf("\n")) >= 0) {
         const line = buffered.slice(0, nl).trim();
@@ -128,7 +135,8 @@ async function startInbox(name) {
     });
     child.on("exit", (code, signal) => {
       clearTimeout(timer);
-      reject(new Error(`${name} exited at start (code ${code}, signal ${signal}); log: ${logPath}`));
+      const tail = all.trim().split("\n").slice(-6).join("\n  ");
+      reject(new Error(`${name} exited at start (code ${code}, signal ${signal}); its output ends with:\n  ${tail}`));
     });
   });
 }
@@ -141,7 +149,12 @@ async function startStatic() {
     "/app.js": ["dist/app.js", "text/javascript; charset=utf-8"],
   };
   const srv = http.createServer((req, res) => {
-    const f = files[new URL(req.url, "http://x").pathname];
+    const pathname = new URL(req.url, "http://x").pathname;
+    if (pathname === "/favicon.ico") {
+      res.writeHead(204).end();
+      return;
+    }
+    const f = files[pathname];
     if (!f) {
       res.writeHead(404).end();
       return;
@@ -200,10 +213,15 @@ function fails(result, code, what, messagePattern) {
 // ---------------------------------------------------------------- steps
 
 const results = [];
+const timings = {};
+let current = "start-up";
 
 async function step(name, fn) {
+  if (finishing) throw new Error("aborted");
+  current = name;
   const t = Date.now();
   await fn();
+  if (finishing) throw new Error("aborted");
   results.push({ name, ms: Date.now() - t });
   console.log(`ok ${results.length} - ${name} (${Date.now() - t} ms)`);
 }
@@ -212,6 +230,9 @@ async function flow() {
   if (!BIN || !fs.existsSync(BIN)) throw new Error(`PIQCHAT_INBOX_BIN must name the server binary (got ${BIN})`);
   const [inbox1, inbox2, appUrl] = await Promise.all([startInbox("inbox1"), startInbox("inbox2"), startStatic()]);
   console.log(`inbox 1 ${inbox1.url}, inbox 2 (foreign) ${inbox2.url}, client page ${appUrl}`);
+  for (const inbox of [inbox1, inbox2]) {
+    assert.notEqual(new URL(appUrl).origin, new URL(inbox.url).origin, "the page is cross-origin to the inboxes");
+  }
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });
   const [A, B] = await Promise.all([openUser("A", appUrl), openUser("B", appUrl)]);
   const MiB5 = ATTACHMENT_BYTES;
@@ -256,6 +277,7 @@ async function flow() {
       await call(B, "inbox1", "ExchangeService", "acceptExchange", { token: link.token, userId: B.id }, { unsigned: true }),
       "NOT_FOUND",
       "second accept of the same invite",
+      /already/,
     );
     const account = ok(await call(A, "inbox1", "AccountService", "getAccount"), "GetAccount");
     assert.equal(account.userId, A.id);
@@ -312,7 +334,7 @@ async function flow() {
     const out = ok(res, "SendParcel");
     assert.deepEqual(out.deliveredRecipientIds, [A.id]);
     assert.deepEqual(out.forbiddenRecipientIds, [stranger], "an unregistered recipient is forbidden");
-    console.log(`   5 MiB unary upload took ${res.ms} ms`);
+    timings.upload = res.ms;
   });
 
   await step("A lists it and downloads the attachment over gRPC-web server streaming; SHA-256 matches", async () => {
@@ -331,7 +353,7 @@ async function flow() {
     assert.equal(got.sha256, sent.sha256, "SHA-256 of the download equals what B sent");
     assert.ok(got.chunks > 1, `streamed in several messages (got ${got.chunks})`);
     assert.equal(got.xContentLength, String(MiB5), "x-content-length response header, readable cross-origin");
-    console.log(`   5 MiB streamed download took ${dl.ms} ms in ${got.chunks} messages`);
+    timings.download = dl.ms;
   });
 
   await step("delivery status: 1 waiting; A deletes the parcel; 0 waiting", async () => {
@@ -458,16 +480,16 @@ function removeTmp() {
 async function fail(error) {
   if (finishing) return;
   finishing = true;
-  console.error(`\nnot ok ${results.length + 1} - ${error?.message || error}`);
+  console.log(`\nnot ok ${results.length + 1} - ${current}\n${error?.message || error}`);
   let where = "(could not save artifacts)";
   try {
     where = await saveArtifacts(error);
   } catch (e) {
-    console.error(`saving artifacts failed: ${e.message}`);
+    console.log(`saving artifacts failed: ${e.message}`);
   }
   await stopAll();
   removeTmp();
-  console.error(`\nscreenshots, console logs and server logs: ${where}`);
+  console.log(`\nscreenshots, console logs and server logs: ${where}`);
   console.log(`browser: ${results.length} passed, 1 failed`);
   process.exit(1);
 }
@@ -495,8 +517,11 @@ if (!finishing) {
     console.log(`warning: ${s.name} did not exit cleanly on SIGTERM: ${JSON.stringify(s.exited)}`);
   }
   removeTmp();
-  console.log(`\nbrowser e2e summary (Chromium ${browser.version()}, gRPC-web from another origin, 2 inbox servers):`);
-  for (const r of results) console.log(`  ${String(r.ms).padStart(6)} ms  ${r.name}`);
+  console.log(
+    `\nsummary: ${results.length} steps against 2 inbox servers from a page on another origin, ` +
+      `Chromium ${browser.version()}; 5 MiB unary gRPC-web upload ${timings.upload} ms, ` +
+      `streamed download ${timings.download} ms`,
+  );
   console.log(`elapsed: ${secs(Date.now() - started)}`);
   console.log(`browser: ${results.length} passed, 0 failed`);
 }

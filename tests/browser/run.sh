@@ -16,14 +16,18 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$here"
 
-export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-if [ ! -x "$CHROMIUM" ]; then
-  echo "== installing chromium (apt-get)"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+# Debian's Chromium, unless CHROMIUM names another build.
+if [ -z "${CHROMIUM:-}" ]; then
+  CHROMIUM=/usr/bin/chromium
+  if [ ! -x "$CHROMIUM" ]; then
+    echo "== apt-get install chromium"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
 fi
+export CHROMIUM
 
 echo "== npm ci"
 npm ci --no-audit --no-fund --loglevel=error

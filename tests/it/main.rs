@@ -11,4 +11,6 @@ mod gateway;
 mod info;
 mod operations;
 mod parcels;
+mod push_service;
 mod retention;
+mod shutdown;

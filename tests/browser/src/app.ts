@@ -9,11 +9,11 @@
 import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { fromJson, toJson, type DescService, type JsonValue } from "@bufbuild/protobuf";
-import { AccountService } from "../gen/piqchat/inbox/v1/accounts_pb";
-import { BackupService } from "../gen/piqchat/inbox/v1/backups_pb";
-import { ExchangeService } from "../gen/piqchat/inbox/v1/exchanges_pb";
-import { InfoService } from "../gen/piqchat/inbox/v1/info_pb";
-import { ParcelService } from "../gen/piqchat/inbox/v1/parcels_pb";
+import { AccountService } from "../dist/gen/piqchat/inbox/v1/accounts_pb";
+import { BackupService } from "../dist/gen/piqchat/inbox/v1/backups_pb";
+import { ExchangeService } from "../dist/gen/piqchat/inbox/v1/exchanges_pb";
+import { InfoService } from "../dist/gen/piqchat/inbox/v1/info_pb";
+import { ParcelService } from "../dist/gen/piqchat/inbox/v1/parcels_pb";
 import {
   b64,
   b64url,

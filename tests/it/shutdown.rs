@@ -1,0 +1,225 @@
+//! Graceful shutdown of the real binary on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use piqchat_inbox::{
+    client::{HttpClient, RequestSigner, UserKey, grpc_frame},
+    pb,
+};
+use prost::Message;
+
+use crate::harness::token_of_link;
+
+/// Starts the binary on a free loopback port; returns the child, its
+/// address and the sign-up invite link it printed.
+fn start(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piqchat-inbox"))
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", "0")
+        .env("METRICS_ADDRESS", "off")
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_PATH", dir.join("inbox.sqlite"))
+        .env("PARCEL_ATTACHMENTS_UPLOAD_PATH", dir.join("attachments"))
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the server binary starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut out_lines = stdout.lines();
+    let link = out_lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("https://piqchat.net/"))
+        .expect("an invite link on stdout");
+    std::thread::spawn(move || for _ in out_lines {});
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+            (v["message"] == "piqchat inbox server listening")
+                .then(|| v["addr"].as_str().unwrap().to_owned())
+        })
+        .expect("a listening log line");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, link)
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_send_finish_and_refuses_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, link) = start(dir.path());
+    let url = format!("http://{addr}");
+    let info = HttpClient::new(&url, None)
+        .json(http::Method::GET, "/v1/info", None)
+        .await
+        .unwrap();
+    let tag = info.json()["serverPublicKey"].as_str().unwrap().to_owned();
+    let alice = RequestSigner::new(UserKey::generate(), tag.clone());
+    let bob = RequestSigner::new(UserKey::generate(), tag.clone());
+
+    // Bob signs up with the printed invite, then a second invite for alice
+    // comes from bob's friend invite.
+    let anon = HttpClient::new(&url, None);
+    let accept = |token: String, user: String| pb::AcceptExchangeRequest {
+        token,
+        answer: None,
+        user_id: Some(user),
+    };
+    let _: pb::AcceptExchangeResponse = anon
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.ExchangeService/AcceptExchange",
+            &accept(token_of_link(&link), bob.user_id().to_string()),
+        )
+        .await
+        .unwrap();
+    let bob_http = HttpClient::new(&url, Some(bob.clone()));
+    let created: pb::CreateExchangeResponse = bob_http
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.ExchangeService/CreateExchange",
+            &pb::CreateExchangeRequest {
+                offer: "card".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let _: pb::AcceptExchangeResponse = anon
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.ExchangeService/AcceptExchange",
+            &accept(created.token, alice.user_id().to_string()),
+        )
+        .await
+        .unwrap();
+    let _: pb::SetContactsResponse = bob_http
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.AccountService/SetContacts",
+            &pb::SetContactsRequest {
+                contact_ids: vec![alice.user_id().to_string()],
+            },
+        )
+        .await
+        .unwrap();
+
+    // A 10 MiB send whose body arrives in two halves, SIGTERM in between.
+    let message = pb::SendParcelRequest {
+        r#type: "MEDIA".into(),
+        recipients: vec![pb::ParcelRecipient {
+            user_id: bob.user_id().to_string(),
+            content: "key".into(),
+        }],
+        attachment: Some(vec![9; 10 << 20]),
+    };
+    let body = grpc_frame(0, &message.encode_to_vec());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(format!("{url}/piqchat.inbox.v1.ParcelService/SendParcel"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("content-length", body.len())
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    alice.sign_request(&mut req).unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let in_flight = tokio::spawn(async move { client.request(req).await });
+    let half = body.len() / 2;
+    tx.send(Ok(Frame::data(body.slice(..half)))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The listener is closed: a new connection is refused.
+    let refused = tokio::net::TcpStream::connect(&addr).await;
+    assert!(
+        refused.is_err(),
+        "a new connection after SIGTERM was accepted"
+    );
+
+    // The rest of the body arrives; the send completes and is acknowledged.
+    tx.send(Ok(Frame::data(body.slice(half..)))).await.unwrap();
+    drop(tx);
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight send got a response");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let trailers = String::from_utf8_lossy(&bytes);
+    assert!(
+        headers.get("grpc-status").is_none_or(|s| s == "0") && trailers.contains("grpc-status:0"),
+        "{headers:?} {trailers}"
+    );
+
+    // The server exits cleanly once the send is done.
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    // After a restart the parcel is there.
+    let (mut child, addr, _) = start_again(dir.path());
+    let listed: pb::ListParcelsResponse = HttpClient::new(&format!("http://{addr}"), Some(bob))
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.ParcelService/ListParcels",
+            &pb::ListParcelsRequest {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.parcels.len(), 1);
+    assert_eq!(listed.parcels[0].attachment_size, Some(10 << 20));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Starts the binary again on the same files; with users registered it
+/// prints no invite, so only the address is read.
+fn start_again(dir: &std::path::Path) -> (std::process::Child, String, ()) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piqchat-inbox"))
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", "0")
+        .env("METRICS_ADDRESS", "off")
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_PATH", dir.join("inbox.sqlite"))
+        .env("PARCEL_ATTACHMENTS_UPLOAD_PATH", dir.join("attachments"))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+            (v["message"] == "piqchat inbox server listening")
+                .then(|| v["addr"].as_str().unwrap().to_owned())
+        })
+        .expect("a listening log line");
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, ())
+}

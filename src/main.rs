@@ -62,6 +62,13 @@ enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP/JSON API (the one the
+    /// server serves at /openapi.json).
+    Openapi,
+    /// Check that the server on this machine answers GET /healthz (for
+    /// container health checks; the image has no curl). Uses BIND_ADDRESS
+    /// and PORT; exits non-zero when unhealthy.
+    Healthcheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +102,51 @@ fn main() -> anyhow::Result<()> {
             url,
             tag,
         } => runtime.block_on(sign(&key, &method, &url, tag)),
+        Command::Openapi => {
+            let pool =
+                prost_reflect::DescriptorPool::decode(piqchat_inbox::api::FILE_DESCRIPTOR_SET)?;
+            let routes = piqchat_inbox::api::gateway::RouteTable::from_pool(&pool)?;
+            let doc =
+                piqchat_inbox::api::openapi::document(&routes, &pool, env!("CARGO_PKG_VERSION"));
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
+        Command::Healthcheck => healthcheck(&Config::from_env()?),
     }
+}
+
+/// `GET /healthz` on this machine's listener with plain std I/O: one
+/// request, 5 s timeouts, healthy only on `200`.
+fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+        time::Duration,
+    };
+    let ip = match config.bind_address {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, config.port);
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut status = [0u8; 12];
+    stream
+        .read_exact(&mut status)
+        .with_context(|| format!("reading the answer of {addr}"))?;
+    if &status[9..] != b"200" {
+        anyhow::bail!("{addr} answered {}", String::from_utf8_lossy(&status));
+    }
+    println!("ok");
+    Ok(())
 }
 
 async fn sign(key: &str, method: &str, url: &str, tag: Option<String>) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ mod exchanges;
 pub mod gateway;
 mod info;
 mod observe;
+pub mod openapi;
 mod pages;
 mod parcels;
 pub mod replay;
@@ -55,7 +56,8 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
 
     let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
     let gateway = gateway::Gateway::new(&pool, grpc.clone(), limits.gateway_limits())?;
-    let http = pages::router().fallback_service(gateway);
+    let openapi = openapi::document(gateway.routes(), &pool, env!("CARGO_PKG_VERSION"));
+    let http = pages::router(&openapi).fallback_service(gateway);
 
     let dispatch = tower::service_fn(move |mut req: Request<Body>| {
         let protocol = Protocol::of(&req);

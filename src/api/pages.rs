@@ -2,10 +2,16 @@
 
 use axum::{Router, http::header, response::IntoResponse, routing::get};
 
-pub fn router() -> Router {
+pub fn router(openapi: &serde_json::Value) -> Router {
+    let openapi = axum::body::Bytes::from(openapi.to_string());
+    let json = [(header::CONTENT_TYPE, "application/json")];
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route(
+            super::openapi::PATH,
+            get(move || std::future::ready((json, openapi.clone()))),
+        )
 }
 
 const INDEX: &str = r#"<!doctype html>

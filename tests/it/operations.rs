@@ -121,3 +121,31 @@ async fn metrics_count_requests_auth_failures_and_parcels_on_the_admin_address()
         .unwrap();
     assert_eq!(reply.status, 404);
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_the_shim() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .http()
+        .json(Method::GET, "/openapi.json", None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let doc = reply.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/info", "get"),
+        ("/v1/parcels", "post"),
+        ("/v1/parcels/{parcel_id}/attachment", "get"),
+        ("/v1/exchanges/{token}:accept", "post"),
+        ("/v1/account/push-subscription", "put"),
+        ("/v1/account/push-subscription", "delete"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["signature"].is_object());
+}

@@ -10,7 +10,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Notify};
 use tower::util::BoxCloneSyncService;
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     identity::ServerIdentity,
     jobs,
     metrics::Metrics,
+    push::{self, Pusher, guard::EndpointGuard, http::PushClient, message::VapidSigner},
     store::Store,
 };
 
@@ -35,6 +36,20 @@ pub struct AppState {
     pub stats: Arc<StatsCache>,
     pub blobs: Blobs,
     pub metrics: Metrics,
+    /// Checks push endpoints (subscription time and send time).
+    pub push_guard: Arc<EndpointGuard>,
+    /// Wakes the push worker after pushes were queued.
+    pub push_wake: Arc<Notify>,
+}
+
+impl AppState {
+    /// How long pushes live, when push is configured.
+    pub fn push_ttl(&self) -> Option<crate::clock::Millis> {
+        self.config
+            .push_vapid_contact
+            .as_ref()
+            .map(|_| i64::from(self.config.push_ttl_days) * crate::clock::DAY)
+    }
 }
 
 impl AppState {
@@ -47,6 +62,10 @@ impl AppState {
         let identity = ServerIdentity::load_or_create(&store)
             .await
             .context("loading the server keys")?;
+        let push_guard = Arc::new(
+            EndpointGuard::new(&config.push_allowed_insecure_origins)
+                .map_err(|e| anyhow::anyhow!("PUSH_ALLOWED_INSECURE_ORIGINS: {e}"))?,
+        );
         let blobs = Blobs::open(&config.attachments_path).with_context(|| {
             format!(
                 "opening the attachments folder {}",
@@ -61,11 +80,43 @@ impl AppState {
             stats: Arc::default(),
             blobs,
             metrics: Metrics::new(),
+            push_guard,
+            push_wake: Arc::default(),
         })
     }
 }
 
 pub type HttpService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// The push worker, when push is configured (`PUSH_VAPID_CONTACT`).
+fn pusher(state: &AppState) -> anyhow::Result<Option<Pusher>> {
+    let Some(subject) = state.config.push_vapid_contact.clone() else {
+        return Ok(None);
+    };
+    if state.push_guard.allows_any() {
+        tracing::warn!(
+            origins = %state.config.push_allowed_insecure_origins,
+            "PUSH_ALLOWED_INSECURE_ORIGINS is set: pushes may go to these plain-HTTP origins; never use this in production"
+        );
+    }
+    let vapid = VapidSigner::new(state.identity.vapid_secret(), subject)
+        .map_err(|e| anyhow::anyhow!("loading the VAPID key: {e}"))?;
+    let client = PushClient::with_timeouts(
+        state.push_guard.clone(),
+        push::http::CONNECT_TIMEOUT,
+        Duration::from_secs(state.config.push_request_timeout_secs.into()),
+    );
+    Ok(Some(Pusher::new(
+        state.store.clone(),
+        state.clock.clone(),
+        vapid,
+        client,
+        state.config.push_ttl_days * 24 * 3600,
+        state.config.push_concurrency as usize,
+        state.push_wake.clone(),
+        state.metrics.clone(),
+    )))
+}
 
 /// The admin router: Prometheus text at `/metrics`.
 fn metrics_router(metrics: Metrics) -> axum::Router {
@@ -180,6 +231,7 @@ impl App {
         let graceful = GracefulShutdown::new();
         let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
         let jobs = tokio::spawn(jobs::scheduler(state.clone(), jobs_stopped.clone()));
+        let pusher = pusher(&state)?.map(|p| tokio::spawn(p.run(jobs_stopped.clone())));
         let metrics = metrics_listener.map(|listener| {
             let mut stopped = jobs_stopped;
             let router = metrics_router(state.metrics.clone());
@@ -233,6 +285,11 @@ impl App {
             tracing::warn!("grace period over; closing remaining connections");
         }
         let _ = stop_jobs.send(true);
+        if let Some(pusher) = pusher
+            && let Err(e) = pusher.await
+        {
+            tracing::error!(error = %e, "the push worker failed");
+        }
         if let Err(e) = jobs.await {
             tracing::error!(error = %e, "the retention scheduler failed");
         }

@@ -29,6 +29,13 @@ pub struct Config {
     /// VAPID subject; push is disabled when absent (`PUSH_VAPID_CONTACT`).
     pub push_vapid_contact: Option<String>,
     pub push_ttl_days: u32,
+    /// `http://host:port` origins push may go to despite the guard
+    /// (`PUSH_ALLOWED_INSECURE_ORIGINS`; for tests and local push services).
+    pub push_allowed_insecure_origins: String,
+    /// Longest a push request may take (`PUSH_REQUEST_TIMEOUT_SECONDS`).
+    pub push_request_timeout_secs: u32,
+    /// Pushes sent at once (`PUSH_CONCURRENCY`).
+    pub push_concurrency: u32,
     pub exchange_ttl_minutes: u32,
     /// Force a fresh sign-up invite at start (`CREATE_SIGN_UP_INVITE`).
     pub create_sign_up_invite: bool,
@@ -131,6 +138,16 @@ impl Config {
             privacy_policy_url: env.get("ADMIN_PRIVACY_POLICY_URL").unwrap_or_default(),
             push_vapid_contact,
             push_ttl_days: env.ranged("PUSH_TIME_TO_LIVE_ON_SERVICE_IN_DAYS", 3, 1, 28)?,
+            push_allowed_insecure_origins: {
+                let value = env.get("PUSH_ALLOWED_INSECURE_ORIGINS").unwrap_or_default();
+                crate::push::guard::EndpointGuard::new(&value).map_err(|message| ConfigError {
+                    var: "PUSH_ALLOWED_INSECURE_ORIGINS",
+                    message,
+                })?;
+                value
+            },
+            push_request_timeout_secs: env.ranged("PUSH_REQUEST_TIMEOUT_SECONDS", 15, 1, 300)?,
+            push_concurrency: env.ranged("PUSH_CONCURRENCY", 8, 1, 256)?,
             exchange_ttl_minutes: env.ranged(
                 "CONTACT_EXCHANGE_TIME_TO_LIVE_IN_MIN",
                 60,
@@ -220,6 +237,12 @@ impl fmt::Debug for Config {
             .field("privacy_policy_url", &self.privacy_policy_url)
             .field("push_vapid_contact", &self.push_vapid_contact)
             .field("push_ttl_days", &self.push_ttl_days)
+            .field(
+                "push_allowed_insecure_origins",
+                &self.push_allowed_insecure_origins,
+            )
+            .field("push_request_timeout_secs", &self.push_request_timeout_secs)
+            .field("push_concurrency", &self.push_concurrency)
             .field("exchange_ttl_minutes", &self.exchange_ttl_minutes)
             .field("create_sign_up_invite", &self.create_sign_up_invite)
             .field("signature_max_skew_secs", &self.signature_max_skew_secs)

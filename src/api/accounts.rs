@@ -93,7 +93,8 @@ impl pb::account_service_server::AccountService for Api {
             content_encoding: req.content_encoding,
         };
         let s = &self.0;
-        accounts::set_push_subscription(&s.store, &caller, sub, s.clock.now()).await?;
+        accounts::set_push_subscription(&s.store, &s.push_guard, &caller, sub, s.clock.now())
+            .await?;
         Ok(Response::new(pb::SetPushSubscriptionResponse {}))
     }
 

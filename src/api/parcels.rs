@@ -65,9 +65,13 @@ impl pb::parcel_service_server::ParcelService for Api {
             &s.config.limits,
             &caller,
             send,
+            s.push_ttl(),
             s.clock.now(),
         )
         .await?;
+        if sent.pushes_queued {
+            s.push_wake.notify_one();
+        }
         s.metrics
             .parcels_stored
             .get_or_create(&KindLabels { kind })

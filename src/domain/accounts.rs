@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     domain::{Caller, UserId, parcels::LastSeen},
     error::{Error, Result},
+    push::{guard::EndpointGuard, message::Encoding},
     store::{BackupRow, PushSubscriptionRow, Store, UserRow},
 };
 
@@ -187,21 +188,17 @@ pub struct NewPushSubscription {
     pub content_encoding: Option<String>,
 }
 
-const MAX_ENDPOINT_BYTES: usize = 2048;
-
 /// Checks a subscription field by field; errors name the field to fix.
-pub fn parse_push_subscription(sub: NewPushSubscription) -> Result<PushSubscriptionRow> {
+pub fn parse_push_subscription(
+    guard: &EndpointGuard,
+    sub: NewPushSubscription,
+) -> Result<PushSubscriptionRow> {
     let invalid = |m: &str| Error::InvalidArgument(m.to_owned());
-    if sub.endpoint.len() > MAX_ENDPOINT_BYTES {
-        return Err(invalid("endpoint: longer than 2048 bytes"));
-    }
-    let uri: http::Uri = sub
-        .endpoint
-        .parse()
-        .map_err(|_| invalid("endpoint: expected an absolute https URL"))?;
-    if uri.scheme_str() != Some("https") || uri.host().is_none_or(str::is_empty) {
-        return Err(invalid("endpoint: expected an absolute https URL"));
-    }
+    // Plainly bad endpoints (not https, internal addresses) are refused now;
+    // the send-time check after DNS resolution catches the rest.
+    guard
+        .check_url(&sub.endpoint)
+        .map_err(|e| Error::InvalidArgument(format!("endpoint: {e}")))?;
     let p256dh = decode_b64url(&sub.p256dh)
         .filter(|k| k.len() == 65 && k[0] == 4 && p256::PublicKey::from_sec1_bytes(k).is_ok())
         .ok_or_else(|| {
@@ -211,13 +208,9 @@ pub fn parse_push_subscription(sub: NewPushSubscription) -> Result<PushSubscript
         .filter(|a| a.len() == 16)
         .ok_or_else(|| invalid("keys.auth: expected 16 bytes, base64url"))?;
     let content_encoding = match sub.content_encoding.as_deref() {
-        None | Some("aes128gcm") => "aes128gcm",
-        Some("aesgcm") => "aesgcm",
-        Some(_) => {
-            return Err(invalid(
-                "contentEncoding: expected \"aes128gcm\" or \"aesgcm\"",
-            ));
-        }
+        None => Encoding::Aes128Gcm,
+        Some(name) => Encoding::parse(name)
+            .ok_or_else(|| invalid("contentEncoding: expected \"aes128gcm\" or \"aesgcm\""))?,
     };
     let expires_at = match sub.expiration_time {
         None => None,
@@ -232,7 +225,7 @@ pub fn parse_push_subscription(sub: NewPushSubscription) -> Result<PushSubscript
         endpoint: sub.endpoint,
         p256dh,
         auth,
-        content_encoding: content_encoding.to_owned(),
+        content_encoding: content_encoding.as_str().to_owned(),
         expires_at,
     })
 }
@@ -247,11 +240,12 @@ fn decode_b64url(text: &str) -> Option<Vec<u8>> {
 
 pub async fn set_push_subscription(
     store: &Store,
+    guard: &EndpointGuard,
     caller: &Caller,
     sub: NewPushSubscription,
     now: Millis,
 ) -> Result<()> {
-    let row = parse_push_subscription(sub)?;
+    let row = parse_push_subscription(guard, sub)?;
     let user = require_registered(store, caller).await?;
     store.put_push_subscription(user.entry_id, &row, now).await
 }

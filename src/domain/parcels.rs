@@ -8,7 +8,7 @@ use crate::{
     domain::{AttachmentId, Caller, ParcelId, UserId, accounts::require_registered},
     error::{Error, Result},
     push,
-    store::{NewParcel, NewParcels, ParcelRow, QuotaExceeded, Store},
+    store::{NewParcel, NewParcels, NewPush, ParcelRow, QuotaExceeded, Store},
 };
 
 /// The parcel type of images; only these count in statistics and push.
@@ -25,6 +25,8 @@ pub struct Send {
 pub struct Sent {
     pub delivered: Vec<UserId>,
     pub forbidden: Vec<UserId>,
+    /// Whether push messages were queued with the parcels.
+    pub pushes_queued: bool,
 }
 
 /// When a recipient last listed their inbox, in coarse buckets.
@@ -108,13 +110,16 @@ fn validate(send: &Send, limits: &Limits) -> Result<()> {
 
 /// Stores the parcel for every accepting recipient: attachment file first
 /// (durable under its final name), then all rows in one transaction. A failure
-/// after the file was written removes it again.
+/// after the file was written removes it again. With `push_ttl` set (push is
+/// configured), a `MEDIA` parcel queues a push for each recipient that has a
+/// subscription, in the same transaction.
 pub async fn send(
     store: &Store,
     blobs: &Blobs,
     limits: &Limits,
     caller: &Caller,
     send: Send,
+    push_ttl: Option<Millis>,
     now: Millis,
 ) -> Result<Sent> {
     validate(&send, limits)?;
@@ -171,6 +176,15 @@ pub async fn send(
         now,
         max_waiting_parcels: limits.max_waiting_parcels,
         max_waiting_attachment_bytes: limits.max_waiting_attachment_bytes,
+        // Only images notify, and only when push is configured.
+        push: push_ttl.filter(|_| send.kind == MEDIA).map(|ttl| NewPush {
+            payload: String::from_utf8_lossy(&push::message::parcel_payload(
+                &send.kind,
+                &caller.user_id.to_string(),
+            ))
+            .into_owned(),
+            ttl,
+        }),
     };
     let stored = store.insert_parcels(&new).await;
     let refused = match stored {
@@ -202,10 +216,10 @@ pub async fn send(
         attachment_bytes = attachment.map_or(0, |(_, size)| size),
         "parcel stored"
     );
-    push::parcels_stored(&send.kind, &caller.user_id, &accepting);
     Ok(Sent {
         delivered,
         forbidden,
+        pushes_queued: new.push.is_some(),
     })
 }
 

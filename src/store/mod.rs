@@ -9,6 +9,7 @@
 mod accounts;
 mod exchanges;
 mod parcels;
+mod push;
 mod retention;
 mod server_config;
 mod stats;
@@ -24,6 +25,7 @@ use sqlx::{
 pub use accounts::{BackupRow, InvitedRow, PushSubscriptionRow};
 pub use exchanges::{AcceptOutcome, ExchangeRow};
 pub use parcels::{NewParcel, NewParcels, ParcelRow, QuotaExceeded};
+pub use push::{DuePush, NewPush};
 pub use stats::Statistics;
 pub use users::UserRow;
 

@@ -2,7 +2,7 @@
 
 use sqlx::Row as _;
 
-use super::{Store, count, stats::day_of};
+use super::{NewPush, Store, count, stats::day_of};
 use crate::{
     clock::Millis,
     domain::{AttachmentId, ParcelId, UserId},
@@ -26,6 +26,8 @@ pub struct NewParcels<'a> {
     /// Refuse (store nothing) when any recipient would pass these.
     pub max_waiting_parcels: u32,
     pub max_waiting_attachment_bytes: u64,
+    /// A push to queue for each recipient that has a subscription.
+    pub push: Option<NewPush>,
 }
 
 /// Why a send stored nothing.
@@ -119,6 +121,22 @@ impl Store {
             .bind(new.now)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(push) = &new.push {
+            for p in &new.parcels {
+                // Only recipients with a subscription get a row; the pushes
+                // commit (or not) with the parcels.
+                sqlx::query(
+                    "INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
+                     SELECT $1, $2, $3, $4, $3 WHERE EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = $1)",
+                )
+                .bind(p.recipient)
+                .bind(&push.payload)
+                .bind(new.now)
+                .bind(new.now + push.ttl)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         if new.kind == "MEDIA" {
             sqlx::query(

@@ -12,6 +12,8 @@ use piqchat_inbox::{
 };
 use tokio::sync::oneshot;
 
+use crate::push_service::PushService;
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub url: String,
@@ -143,11 +145,41 @@ impl TestApp {
     /// Stops the server and starts a new one on the same files, config and
     /// clock (a new port).
     pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like [`restart`](Self::restart), with the configuration adjusted.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let dir = self.dir.clone();
-        let config = (*self.state.config).clone();
+        let mut config = (*self.state.config).clone();
+        adjust(&mut config);
         let clock = self.clock.clone();
         self.stop().await;
         Self::start(dir, config, clock).await
+    }
+
+    /// A server with Web Push on, sending to a push-service stand-in (allowed
+    /// through the endpoint guard as a plain-HTTP origin).
+    pub async fn spawn_with_push(adjust: impl FnOnce(&mut Config)) -> (TestApp, PushService) {
+        let app = Self::spawn().await;
+        let vapid = app
+            .info()
+            .await
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner()
+            .vapid_public_key;
+        let service = PushService::start(vapid).await;
+        let origin = service.origin();
+        let app = app
+            .restart_with(|c| {
+                c.push_vapid_contact = Some("mailto:ops@example.org".into());
+                c.push_allowed_insecure_origins = origin;
+                adjust(c);
+            })
+            .await;
+        (app, service)
     }
 
     /// Stops the server and waits until it has finished.

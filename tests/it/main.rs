@@ -11,6 +11,7 @@ mod gateway;
 mod info;
 mod operations;
 mod parcels;
+mod push;
 mod push_service;
 mod retention;
 mod shutdown;

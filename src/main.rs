@@ -39,8 +39,9 @@ enum Command {
     CheckConfig,
     /// Make a new user key for debugging: prints the secret key and the user id.
     Keygen,
-    /// Print the Signature-Input and Signature headers for one request, ready
-    /// for `grpcurl -H`, `buf curl -H` or `curl -H` (see docs/AUTH.md).
+    /// Print the Signature-Input and Signature headers for one request, one
+    /// per line: a header file for `buf curl -H @FILE`, or lines for
+    /// `grpcurl -rpc-header` and `curl -H` (see README and docs/AUTH.md).
     Sign {
         /// The secret key (unpadded base64url, as `keygen` prints it).
         #[arg(

@@ -323,9 +323,24 @@ fn refuse_now(
     rejection: Rejection,
 ) -> Response<Body> {
     metrics.auth_failure(rejection.kind());
-    // The path is logged without its query; the key never is.
-    tracing::info!(path = %parts.uri.path(), reason = ?rejection, "request refused");
+    tracing::info!(path = %redacted_path(parts.uri.path()), reason = ?rejection, "request refused");
     rejection.into_response(protocol)
+}
+
+/// The path for logs: segments that may be ids or tokens (long ones) are cut
+/// to their first 6 characters; the query is never logged.
+fn redacted_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            if segment.len() > 16 && !segment.contains('.') {
+                let cut: String = segment.chars().take(6).collect();
+                format!("{cut}…")
+            } else {
+                segment.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The tower layer that runs a [`Verifier`] on every request.
@@ -425,5 +440,27 @@ where
                 .call(Request::from_parts(parts, Body::from(bytes)))
                 .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_path;
+
+    #[test]
+    fn logged_paths_carry_no_full_ids() {
+        let id = "BCytIJplx__UQ_OUNuBGdBIYRr4hD8RWtuf7DyXs3-M";
+        assert_eq!(
+            redacted_path(&format!("/v1/recipients/{id}/acceptance")),
+            "/v1/recipients/BCytIJ…/acceptance"
+        );
+        assert_eq!(
+            redacted_path("/v1/exchanges/3f2b8c1e-5d4a-4b7e-9c2d-1a2b3c4d5e6f:accept"),
+            "/v1/exchanges/3f2b8c…"
+        );
+        assert_eq!(
+            redacted_path("/piqchat.inbox.v1.ParcelService/SendParcel"),
+            "/piqchat.inbox.v1.ParcelService/SendParcel"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Bounds memory for large requests: parcel sends (up to the attachment limit
-//! each, buffered whole because browsers cannot stream over gRPC-web) take a
-//! permit from a semaphore before anything reads their body, and hold it until
-//! the response is ready. More sends wait their turn.
+//! each, buffered whole because browsers cannot stream over gRPC-web) and
+//! requests whose body is read to check a `Content-Digest` take a permit from
+//! a semaphore before anything reads their body, and hold it until the
+//! response is ready. More wait their turn.
 
 use std::{
     sync::Arc,
@@ -19,9 +20,13 @@ pub const SEND_PARCEL_PATH: &str = "/piqchat.inbox.v1.ParcelService/SendParcel";
 /// Its JSON gateway route (checked against the route table by a test).
 pub const SEND_PARCEL_ROUTE: (Method, &str) = (Method::POST, "/v1/parcels");
 
+/// Parcel sends, and any request with a `Content-Digest`: the authentication
+/// layer reads such a body whole to check the digest before the handler runs.
 fn is_upload<B>(req: &Request<B>) -> bool {
     let path = req.uri().path();
-    path == SEND_PARCEL_PATH || (req.method() == SEND_PARCEL_ROUTE.0 && path == SEND_PARCEL_ROUTE.1)
+    path == SEND_PARCEL_PATH
+        || (req.method() == SEND_PARCEL_ROUTE.0 && path == SEND_PARCEL_ROUTE.1)
+        || req.headers().contains_key("content-digest")
 }
 
 #[derive(Clone)]

@@ -24,6 +24,7 @@ use crate::{
     metrics::Metrics,
     push::{self, Pusher, guard::EndpointGuard, http::PushClient, message::VapidSigner},
     store::Store,
+    tls::{self, CertResolver},
 };
 
 /// Everything a request handler may need; cheap to clone.
@@ -140,11 +141,15 @@ fn metrics_router(metrics: Metrics) -> axum::Router {
 /// A bound, ready-to-run server.
 pub struct App {
     listener: TcpListener,
+    tls: Option<(Arc<CertResolver>, Arc<rustls::ServerConfig>)>,
     metrics_listener: Option<TcpListener>,
     state: AppState,
     service: HttpService,
     sign_up_invite: Option<String>,
 }
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -167,6 +172,14 @@ impl App {
             })?),
             None => None,
         };
+        let tls = match (&state.config.tls_cert_path, &state.config.tls_key_path) {
+            (Some(cert), Some(key)) => {
+                let resolver = CertResolver::open(cert, key)?;
+                let config = tls::server_config(resolver.clone())?;
+                Some((resolver, config))
+            }
+            _ => None,
+        };
         let sign_up_invite = exchanges::ensure_sign_up_invite(
             &state.store,
             &state.config,
@@ -177,6 +190,7 @@ impl App {
         .context("creating the sign-up invite")?;
         Ok(App {
             listener,
+            tls,
             metrics_listener,
             state,
             service,
@@ -212,6 +226,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let App {
             listener,
+            tls,
             metrics_listener,
             state,
             service,
@@ -230,6 +245,11 @@ impl App {
             .keep_alive_interval(Duration::from_secs(60));
         let graceful = GracefulShutdown::new();
         let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
+        let tls = tls.map(|(resolver, config)| {
+            let poll = Duration::from_secs(state.config.tls_reload_interval_secs.into());
+            tokio::spawn(resolver.watch(poll, jobs_stopped.clone()));
+            tokio_rustls::TlsAcceptor::from(config)
+        });
         let jobs = tokio::spawn(jobs::scheduler(state.clone(), jobs_stopped.clone()));
         let pusher = pusher(&state)?.map(|p| tokio::spawn(p.run(jobs_stopped.clone())));
         let metrics = metrics_listener.map(|listener| {
@@ -257,18 +277,41 @@ impl App {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
-                    let svc = service.clone();
+                                        let _ = stream.set_nodelay(true);
+                    let https = tls.is_some();
                     let hyper_svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-                        svc,
-                        |req: http::Request<hyper::body::Incoming>| req.map(Body::new),
+                        service.clone(),
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let mut req = req.map(Body::new);
+                            if https {
+                                req.extensions_mut().insert(api::Https);
+                            }
+                            req
+                        },
                     ));
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    let (builder, tls, watcher) = (builder.clone(), tls.clone(), graceful.watcher());
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        let result = match tls {
+                            None => {
+                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                                watcher.watch(conn.into_owned()).await
+                            }
+                            Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                                    watcher.watch(conn.into_owned()).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            },
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     });

@@ -19,6 +19,13 @@ pub struct Config {
     pub database_path: PathBuf,
     /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`).
     pub attachments_path: PathBuf,
+    /// Built-in TLS: PEM certificate chain and key (`TLS_CERT_PATH`,
+    /// `TLS_KEY_PATH`); both or neither.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    /// How often the TLS files are checked for changes
+    /// (`TLS_RELOAD_INTERVAL_SECONDS`); SIGHUP reloads at once.
+    pub tls_reload_interval_secs: u32,
     /// Public base URL, e.g. `https://inbox.example.org` (`PUBLIC_URL`).
     pub public_url: Option<String>,
     pub admin_display_name: String,
@@ -110,6 +117,21 @@ impl Config {
             .get("PUSH_VAPID_CONTACT")
             .map(|v| check_vapid_contact(&v).map(|()| v))
             .transpose()?;
+        match (env.get("TLS_CERT_PATH"), env.get("TLS_KEY_PATH")) {
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    var: "TLS_KEY_PATH",
+                    message: "required when TLS_CERT_PATH is set".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    var: "TLS_CERT_PATH",
+                    message: "required when TLS_KEY_PATH is set".into(),
+                });
+            }
+            _ => {}
+        }
         let public_url = env
             .get("PUBLIC_URL")
             .map(|v| check_public_url(&v))
@@ -128,6 +150,9 @@ impl Config {
             database_path: env.path("DATABASE_PATH", "data/inbox.sqlite"),
             attachments_path: env.path("PARCEL_ATTACHMENTS_UPLOAD_PATH", "data/attachments"),
             public_url,
+            tls_cert_path: env.get("TLS_CERT_PATH").map(PathBuf::from),
+            tls_key_path: env.get("TLS_KEY_PATH").map(PathBuf::from),
+            tls_reload_interval_secs: env.ranged("TLS_RELOAD_INTERVAL_SECONDS", 30, 1, 86_400)?,
             admin_display_name: env.get("ADMIN_DISPLAY_NAME").unwrap_or_default(),
             // Operators write line breaks as a literal `\n` in env files.
             admin_message: env
@@ -231,6 +256,9 @@ impl fmt::Debug for Config {
             .field("database_path", &self.database_path)
             .field("attachments_path", &self.attachments_path)
             .field("public_url", &self.public_url)
+            .field("tls_cert_path", &self.tls_cert_path)
+            .field("tls_key_path", &self.tls_key_path)
+            .field("tls_reload_interval_secs", &self.tls_reload_interval_secs)
             .field("admin_display_name", &self.admin_display_name)
             .field("admin_message", &self.admin_message)
             .field("admin_id", &self.admin_id.as_ref().map(UserId::short))

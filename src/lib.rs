@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod push;
 pub mod store;
+pub mod tls;
 
 /// Types generated from `proto/piqchat/inbox/v1`.
 pub mod pb {

@@ -20,7 +20,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{
-    Protocol, RequestAuthority, gateway,
+    Https, Protocol, RequestAuthority, gateway,
     replay::{Replay, ReplayCache},
 };
 use crate::{
@@ -185,7 +185,13 @@ impl Verifier {
         let request = RequestParts {
             method: parts.method.as_str(),
             authority,
-            scheme: parts.uri.scheme_str().unwrap_or("http"),
+            scheme: parts.uri.scheme_str().unwrap_or(
+                if parts.extensions.get::<Https>().is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+            ),
             path: parts.uri.path(),
             query,
             headers,

@@ -293,6 +293,10 @@ fn cors() -> CorsLayer {
 #[derive(Clone)]
 pub(crate) struct Api(pub(crate) AppState);
 
+/// Marks requests that arrived over the built-in TLS.
+#[derive(Clone, Copy, Debug)]
+pub struct Https;
+
 /// The authority (host and port) a request was sent to, as received; the
 /// authentication layer records it for every request.
 #[derive(Clone, Debug)]

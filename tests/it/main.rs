@@ -15,3 +15,4 @@ mod push;
 mod push_service;
 mod retention;
 mod shutdown;
+mod tls;

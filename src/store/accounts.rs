@@ -3,7 +3,7 @@
 
 use sqlx::Row as _;
 
-use super::{Store, UserRow};
+use super::{Store, UserRow, parcels::delete_unreferenced_attachments};
 use crate::{
     clock::Millis,
     domain::{AttachmentId, UserId},
@@ -100,18 +100,9 @@ impl Store {
         ] {
             sqlx::query(table).bind(entry_id).execute(&mut *tx).await?;
         }
-        let mut orphans = Vec::new();
-        for (id,) in attachments {
-            let gone = sqlx::query(
-                "DELETE FROM attachments WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM parcels WHERE attachment_id = $1)",
-            )
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-            if gone.rows_affected() > 0 {
-                orphans.extend(AttachmentId::parse(&id).ok());
-            }
-        }
+        let orphans =
+            delete_unreferenced_attachments(&mut tx, attachments.into_iter().map(|(id,)| id))
+                .await?;
         sqlx::query(
             "UPDATE users SET public_key = NULL, last_seen_at = NULL, client_version = NULL, deleted_at = $2 \
              WHERE id = $1",

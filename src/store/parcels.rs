@@ -229,22 +229,9 @@ impl Store {
         let Some((attachment,)) = deleted else {
             return Ok(None);
         };
-        let orphan = match attachment {
-            None => None,
-            Some(id) => {
-                // The row goes only when the last parcel referencing it went.
-                let gone = sqlx::query(
-                    "DELETE FROM attachments WHERE id = $1 \
-                     AND NOT EXISTS (SELECT 1 FROM parcels WHERE attachment_id = $1)",
-                )
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-                (gone.rows_affected() > 0)
-                    .then(|| AttachmentId::parse(&id).ok())
-                    .flatten()
-            }
-        };
+        let orphan = delete_unreferenced_attachments(&mut tx, attachment)
+            .await?
+            .pop();
         tx.commit().await?;
         Ok(Some(orphan))
     }
@@ -288,4 +275,29 @@ impl Store {
             .await?;
         Ok(row.is_some())
     }
+}
+
+/// Deletes the rows of those `candidates` that no parcel references any
+/// more (an attachment goes with its last parcel), inside the caller's
+/// transaction. Returns them; the caller removes their files after commit.
+pub(super) async fn delete_unreferenced_attachments(
+    tx: &mut sqlx::SqliteConnection,
+    candidates: impl IntoIterator<Item = String>,
+) -> Result<Vec<AttachmentId>> {
+    let mut candidates: Vec<String> = candidates.into_iter().collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut orphans = Vec::new();
+    for id in candidates {
+        let gone = sqlx::query(
+            "DELETE FROM attachments WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM parcels WHERE attachment_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        if gone.rows_affected() > 0 {
+            orphans.extend(AttachmentId::parse(&id).ok());
+        }
+    }
+    Ok(orphans)
 }

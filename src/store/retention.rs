@@ -1,7 +1,7 @@
 //! Deletions by age, in bounded batches so that a large backlog never holds
 //! the writer for long.
 
-use super::Store;
+use super::{Store, parcels::delete_unreferenced_attachments};
 use crate::{clock::Millis, domain::AttachmentId, error::Result, store::stats::day_of};
 
 /// Rows deleted per statement; between batches other writes get their turn.
@@ -22,21 +22,8 @@ impl Store {
         .bind(BATCH)
         .fetch_all(&mut *tx)
         .await?;
-        let mut candidates: Vec<String> = deleted.iter().filter_map(|(a,)| a.clone()).collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        let mut orphans = Vec::new();
-        for id in candidates {
-            let gone = sqlx::query(
-                "DELETE FROM attachments WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM parcels WHERE attachment_id = $1)",
-            )
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-            if gone.rows_affected() > 0 {
-                orphans.extend(AttachmentId::parse(&id).ok());
-            }
-        }
+        let candidates = deleted.iter().filter_map(|(a,)| a.clone());
+        let orphans = delete_unreferenced_attachments(&mut tx, candidates).await?;
         tx.commit().await?;
         Ok((deleted.len() as u64, orphans))
     }

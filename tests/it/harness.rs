@@ -97,6 +97,14 @@ impl TestApp {
         user
     }
 
+    /// Alice, and Bob who accepts parcels from her; both registered.
+    pub async fn pair(&self) -> (TestUser, TestUser) {
+        let alice = self.registered_user().await;
+        let bob = self.registered_user().await;
+        bob.set_contacts(&[&alice]).await;
+        (alice, bob)
+    }
+
     /// Registers `user` here through a fresh sign-up invite, over gRPC.
     pub async fn sign_up(&self, user: &TestUser) {
         let link = exchanges::create_sign_up_invite(

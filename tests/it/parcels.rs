@@ -47,18 +47,10 @@ async fn download_grpc(
     Ok((data, length))
 }
 
-/// Alice, and Bob who accepts parcels from her.
-async fn pair(app: &TestApp) -> (TestUser, TestUser) {
-    let alice = app.registered_user().await;
-    let bob = app.registered_user().await;
-    bob.set_contacts(&[&alice]).await;
-    (alice, bob)
-}
-
 #[tokio::test]
 async fn a_parcel_with_attachment_round_trips_through_every_download_path() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let data = random_bytes(700_000, 1);
     let sent = alice
         .send("MEDIA", &[&bob], Some(data.clone()))
@@ -157,7 +149,7 @@ async fn one_attachment_is_stored_once_for_many_recipients() {
 #[tokio::test]
 async fn recipients_that_do_not_accept_the_sender_are_reported() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let carol = app.registered_user().await; // does not whitelist alice
     let stranger = app.user(); // not registered here
     let sent = alice
@@ -201,7 +193,7 @@ async fn when_nobody_accepts_nothing_is_kept() {
 #[tokio::test]
 async fn a_20_mib_attachment_travels_over_grpc_web_from_an_http1_client() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let data = random_bytes(20 << 20, 4);
     let sent: pb::SendParcelResponse = alice
         .http()
@@ -242,7 +234,7 @@ async fn over_limit_sends_are_refused_and_store_nothing() {
         c.limits.max_recipients = 3;
     })
     .await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
 
     // Just over the attachment limit: our own check.
     let err = alice
@@ -341,7 +333,7 @@ async fn per_recipient_quotas_refuse_the_whole_send() {
         c.limits.max_waiting_attachment_bytes = 250_000;
     })
     .await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let carol = app.registered_user().await;
     carol.set_contacts(&[&alice]).await;
 
@@ -386,7 +378,7 @@ async fn per_recipient_quotas_refuse_the_whole_send() {
 #[tokio::test]
 async fn a_disk_space_floor_refuses_new_attachments() {
     let app = TestApp::spawn_with(|c| c.limits.min_free_disk_bytes = u64::MAX / 4).await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let err = alice
         .send("MEDIA", &[&bob], Some(random_bytes(1000, 9)))
         .await
@@ -442,7 +434,7 @@ async fn a_sender_from_another_server_sends_here() {
 #[tokio::test]
 async fn only_the_recipient_can_list_download_and_delete() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let mallory = app.registered_user().await;
     alice
         .send("MEDIA", &[&bob], Some(random_bytes(1000, 11)))
@@ -542,7 +534,7 @@ async fn a_shared_attachment_goes_with_its_last_parcel() {
 #[tokio::test]
 async fn delivery_status_counts_waiting_media_and_buckets_last_seen() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let status = |user: TestUser, recipient: String| async move {
         user.parcels()
             .await
@@ -638,7 +630,7 @@ async fn delivery_status_counts_waiting_media_and_buckets_last_seen() {
 #[tokio::test]
 async fn listing_records_the_client_version_and_stats_count_media() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     alice.send("MEDIA", &[&bob], None).await.unwrap();
     alice.send("MEDIA", &[&bob], None).await.unwrap();
     alice

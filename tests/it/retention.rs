@@ -11,17 +11,10 @@ use sqlx::Connection;
 
 use crate::harness::{TestApp, TestUser, browser_subscription};
 
-async fn pair(app: &TestApp) -> (TestUser, TestUser) {
-    let alice = app.registered_user().await;
-    let bob = app.registered_user().await;
-    bob.set_contacts(&[&alice]).await;
-    (alice, bob)
-}
-
 #[tokio::test]
 async fn parcels_expire_after_90_days_with_their_attachments() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let t0 = app.clock.now();
     alice
         .send("MEDIA", &[&bob], Some(vec![1; 1000]))
@@ -86,7 +79,7 @@ async fn exchanges_expire_after_7_days() {
 async fn inactive_users_are_deleted_with_everything_attached() {
     let app = TestApp::spawn().await;
     let t0 = app.clock.now();
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     alice
         .send("MEDIA", &[&bob], Some(vec![2; 500]))
         .await
@@ -174,7 +167,7 @@ async fn inactive_users_are_deleted_with_everything_attached() {
 #[tokio::test]
 async fn statistics_rows_older_than_a_week_go() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     alice.send("MEDIA", &[&bob], None).await.unwrap();
     let t0 = app.clock.now();
     let store = &app.state.store;
@@ -191,7 +184,7 @@ async fn statistics_rows_older_than_a_week_go() {
 #[tokio::test]
 async fn orphan_and_temp_files_are_swept_after_a_grace_period() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     alice
         .send("MEDIA", &[&bob], Some(vec![3; 100]))
         .await
@@ -228,7 +221,7 @@ async fn orphan_and_temp_files_are_swept_after_a_grace_period() {
 #[tokio::test]
 async fn a_full_run_reports_counts() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     alice
         .send("MEDIA", &[&bob], Some(vec![4; 10]))
         .await
@@ -246,7 +239,7 @@ async fn a_full_run_reports_counts() {
 #[tokio::test]
 async fn a_backup_taken_under_writes_is_consistent_and_restores() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = pair(&app).await;
+    let (alice, bob) = app.pair().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .build_transport(false)
-        .generate_default_stubs(true)
+        
         .compile_fds(fds)?;
     Ok(())
 }

@@ -31,6 +31,7 @@ pub(super) fn last_seen(l: parcels::LastSeen) -> pb::LastSeen {
 
 #[tonic::async_trait]
 impl pb::parcel_service_server::ParcelService for Api {
+    type DownloadAttachmentStream = ChunkStream;
     async fn send_parcel(
         &self,
         request: Request<pb::SendParcelRequest>,

@@ -151,9 +151,6 @@ pub struct App {
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// How long in-flight requests may take to finish after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 impl App {
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let addr = SocketAddr::new(config.bind_address, config.port);
@@ -321,7 +318,8 @@ impl App {
         }
         drop(listener);
         tracing::info!("shutting down: waiting for in-flight requests");
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs.into());
+        if tokio::time::timeout(grace, graceful.shutdown())
             .await
             .is_err()
         {

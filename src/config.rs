@@ -46,6 +46,9 @@ pub struct Config {
     pub exchange_ttl_minutes: u32,
     /// Force a fresh sign-up invite at start (`CREATE_SIGN_UP_INVITE`).
     pub create_sign_up_invite: bool,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT
+    /// (`SHUTDOWN_GRACE_SECONDS`).
+    pub shutdown_grace_secs: u32,
     /// Allowed distance between a signature's `created` and the server clock.
     pub signature_max_skew_secs: u32,
     /// Most (key, nonce) pairs remembered for replay protection.
@@ -180,6 +183,7 @@ impl Config {
                 7 * 24 * 60,
             )?,
             create_sign_up_invite: env.parse_bool("CREATE_SIGN_UP_INVITE", false)?,
+            shutdown_grace_secs: env.ranged("SHUTDOWN_GRACE_SECONDS", 30, 1, 3600)?,
             signature_max_skew_secs: env.ranged("SIGNATURE_MAX_SKEW_SECONDS", 300, 5, 3600)?,
             replay_cache_max_entries: env.ranged(
                 "REPLAY_CACHE_MAX_ENTRIES",
@@ -273,6 +277,7 @@ impl fmt::Debug for Config {
             .field("push_concurrency", &self.push_concurrency)
             .field("exchange_ttl_minutes", &self.exchange_ttl_minutes)
             .field("create_sign_up_invite", &self.create_sign_up_invite)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("signature_max_skew_secs", &self.signature_max_skew_secs)
             .field("replay_cache_max_entries", &self.replay_cache_max_entries)
             .field("limits", &self.limits)

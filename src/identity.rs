@@ -8,8 +8,11 @@ use ed25519_dalek::SigningKey;
 use crate::store::Store;
 
 pub struct ServerIdentity {
-    signing_key: SigningKey,
     vapid_secret: p256::SecretKey,
+    /// Text forms of the public keys, computed once: GetInfo is a hot path
+    /// and deriving a P-256 public key is a scalar multiplication.
+    public_key: String,
+    vapid_public_key: String,
 }
 
 impl ServerIdentity {
@@ -26,24 +29,26 @@ impl ServerIdentity {
         let vapid_secret = p256::SecretKey::from_slice(&vapid).map_err(|_| {
             anyhow::anyhow!("stored vapid_p256_secret_key is not a valid P-256 key")
         })?;
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let signing_key = SigningKey::from_bytes(&seed);
+        let vapid_point = vapid_secret.public_key().to_encoded_point(false);
         Ok(ServerIdentity {
-            signing_key: SigningKey::from_bytes(&seed),
+            public_key: URL_SAFE_NO_PAD.encode(signing_key.verifying_key().as_bytes()),
+            vapid_public_key: URL_SAFE_NO_PAD.encode(vapid_point.as_bytes()),
             vapid_secret,
         })
     }
 
     /// The server's public key, unpadded base64url: published by GetInfo and
     /// required as the `tag` of every signature made for this server.
-    pub fn public_key(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.signing_key.verifying_key().as_bytes())
+    pub fn public_key(&self) -> &str {
+        &self.public_key
     }
 
     /// The VAPID public key as browsers take it (`applicationServerKey`): the
     /// uncompressed point, unpadded base64url.
-    pub fn vapid_public_key(&self) -> String {
-        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
-        let point = self.vapid_secret.public_key().to_encoded_point(false);
-        URL_SAFE_NO_PAD.encode(point.as_bytes())
+    pub fn vapid_public_key(&self) -> &str {
+        &self.vapid_public_key
     }
 
     /// The VAPID private key scalar, for signing VAPID tokens.

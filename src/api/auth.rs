@@ -77,7 +77,7 @@ impl Verifier {
         Verifier {
             max_body,
             metrics: state.metrics.clone(),
-            tag: state.identity.public_key(),
+            tag: state.identity.public_key().to_owned(),
             max_skew: i64::from(state.config.signature_max_skew_secs) * SECOND,
             clock: state.clock.clone(),
             replay: ReplayCache::new(state.config.replay_cache_max_entries),

@@ -52,8 +52,8 @@ pub async fn server_info(
     now: Millis,
 ) -> Result<ServerInfo> {
     Ok(ServerInfo {
-        server_public_key: identity.public_key(),
-        vapid_public_key: identity.vapid_public_key(),
+        server_public_key: identity.public_key().to_owned(),
+        vapid_public_key: identity.vapid_public_key().to_owned(),
         admin_display_name: config.admin_display_name.clone(),
         admin_message: config.admin_message.clone(),
         admin_id: config.admin_id.map(|id| id.to_string()).unwrap_or_default(),

@@ -14,6 +14,8 @@ use crate::{
 /// The parcel type of images; only these count in statistics and push.
 pub const MEDIA: &str = "MEDIA";
 const MAX_TYPE_CHARS: usize = 32;
+/// How stale a recorded last-seen time may get before a list updates it.
+const SEEN_RESOLUTION: Millis = crate::clock::MINUTE;
 
 /// A send as the edge parsed it.
 pub struct Send {
@@ -257,9 +259,17 @@ pub async fn list(
     now: Millis,
 ) -> Result<Vec<ParcelRow>> {
     let user = require_registered(store, caller).await?;
-    store
-        .record_seen(user.entry_id, now, client_version)
-        .await?;
+    // Last-seen is shown in buckets of days: a write (and fsync) per list
+    // buys nothing, so a recent sighting with the same version is kept.
+    let recent = user
+        .last_seen_at
+        .is_some_and(|t| (0..SEEN_RESOLUTION).contains(&(now - t)));
+    let new_version = client_version.is_some_and(|v| user.client_version.as_deref() != Some(v));
+    if !recent || new_version {
+        store
+            .record_seen(user.entry_id, now, client_version)
+            .await?;
+    }
     store.parcels_of(user.entry_id).await
 }
 

@@ -60,7 +60,7 @@ impl TestApp {
             addr,
             url: format!("http://{addr}"),
             clock,
-            server_tag: state.identity.public_key(),
+            server_tag: state.identity.public_key().to_owned(),
             state,
             dir,
             sign_up_invite,

@@ -9,8 +9,8 @@
 #     piqchat-inbox
 #   docker logs piqchat-inbox        # shows the sign-up invite link on first start
 #
-# Plain HTTP only: put a TLS reverse proxy in front (deploy/Caddyfile), or use
-# compose.yml. A bind mount instead of a named volume must be writable by
+# Plain HTTP unless TLS_CERT_PATH and TLS_KEY_PATH name mounted files; usually
+# a TLS reverse proxy goes in front (deploy/Caddyfile), see also compose.yml. A bind mount instead of a named volume must be writable by
 # uid 10001.
 
 ARG RUST_VERSION=1

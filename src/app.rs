@@ -119,23 +119,26 @@ fn pusher(state: &AppState) -> anyhow::Result<Option<Pusher>> {
     )))
 }
 
-/// The admin router: Prometheus text at `/metrics`.
+/// The admin router: Prometheus text at `/metrics`, and `/healthz` in plain
+/// HTTP for health checks even when the API port speaks TLS.
 fn metrics_router(metrics: Metrics) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let text = metrics.render();
-            async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    text,
-                )
-            }
-        }),
-    )
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.render();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
 }
 
 /// A bound, ready-to-run server.

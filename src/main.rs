@@ -124,12 +124,19 @@ fn healthcheck(config: &Config) -> anyhow::Result<()> {
         net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
         time::Duration,
     };
-    let ip = match config.bind_address {
+    // The admin address always speaks plain HTTP (the API port may be TLS).
+    let target = config
+        .metrics_address
+        .unwrap_or_else(|| SocketAddr::new(config.bind_address, config.port));
+    if config.metrics_address.is_none() && config.tls_cert_path.is_some() {
+        anyhow::bail!("healthcheck needs METRICS_ADDRESS when built-in TLS is on");
+    }
+    let ip = match target.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    let addr = SocketAddr::new(ip, config.port);
+    let addr = SocketAddr::new(ip, target.port());
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
@@ -188,7 +195,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.push_vapid_contact.is_none() {
         tracing::warn!("PUSH_VAPID_CONTACT is not set: Web Push notifications are disabled");
     }
+    let tls = config.tls_cert_path.is_some();
     let app = App::build(config, Clock::system()).await?;
+    // SIGHUP reloads TLS certificates; without TLS it must not kill the
+    // server (its default action), so it is taken and logged.
+    #[cfg(unix)]
+    if !tls
+        && let Ok(mut hangup) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: nothing to reload (no built-in TLS)");
+            }
+        });
+    }
     if let Some(link) = app.sign_up_invite() {
         print_invite(link);
     }

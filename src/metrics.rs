@@ -105,7 +105,7 @@ impl Metrics {
         let pushes = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "pushes",
-            "Web Push attempts by result (sent, retried, gone, dropped, failed)",
+            "Web Push attempts by result (sent, retried, gone, dropped, expired)",
             pushes.clone(),
         );
         let push_outbox_depth = Gauge::default();

@@ -289,7 +289,15 @@ pub async fn open_attachment(
         .attachment_of(parcel, user.entry_id)
         .await?
         .ok_or_else(not_found)?;
-    let file = blobs.open_read(&id).await?;
+    let file = match blobs.open_read(&id).await {
+        Ok(file) => file,
+        // The row outlived its file (e.g. a database restored without the
+        // attachments folder): the attachment is gone, not an internal error.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound("the attachment is no longer stored".into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok((file, size))
 }
 

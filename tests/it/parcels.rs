@@ -708,3 +708,30 @@ async fn listing_records_the_client_version_and_stats_count_media() {
     assert_eq!(stats.users_active_7d, 0);
     assert_eq!(stats.users_active_30d, 1);
 }
+
+#[tokio::test]
+async fn an_attachment_whose_file_is_gone_is_not_found() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = app.pair().await;
+    alice
+        .send("MEDIA", &[&bob], Some(random_bytes(1000, 13)))
+        .await
+        .unwrap();
+    let id = bob.list().await[0].id.clone();
+    // As after restoring a database backup without the attachments folder.
+    for entry in std::fs::read_dir(&app.state.config.attachments_path).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let err = download_grpc(&bob, &id).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "the attachment is no longer stored");
+    // The parcel itself can still be deleted.
+    bob.parcels()
+        .await
+        .delete_parcel(pb::DeleteParcelRequest { parcel_id: id })
+        .await
+        .unwrap();
+}

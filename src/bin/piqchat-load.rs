@@ -204,7 +204,7 @@ struct ReportArgs {
     markdown: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Protocol {
     Grpc,
@@ -212,7 +212,7 @@ enum Protocol {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Scenario {
     Info,
@@ -1244,8 +1244,21 @@ struct RunResult {
     /// Signatures made inside the timed phase (the pool ran out): non-zero
     /// means the generator competed with the server for CPU.
     signed_inline: u64,
+    /// Generator CPU time during the timed phase.
     client_cpu_s: f64,
     server: Option<ServerSample>,
+    /// CPU time of the whole machine during the timed phase, and the part
+    /// of it that was neither the server nor the generator: other work on
+    /// a shared machine that the numbers compete with.
+    #[serde(default)]
+    machine_cpu_s: f64,
+    #[serde(default)]
+    other_cpu_s: f64,
+    /// /proc/loadavg (1 min) at the start and end of the timed phase.
+    #[serde(default)]
+    loadavg_start: f64,
+    #[serde(default)]
+    loadavg_end: f64,
     /// GetInfo's media_parcels_waiting at the start (the database's size).
     db_media_parcels_waiting: u32,
 }
@@ -1342,10 +1355,7 @@ async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<RunResult> {
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
-    let sampler = args
-        .server_pid
-        .map(|pid| spawn_sampler(pid, measure_from, end));
-    let client_cpu_before = proc_cpu_s("self");
+    let sampler = spawn_sampler(args.server_pid, measure_from, end);
 
     let mut tasks = Vec::with_capacity(workers.len());
     for worker in workers {
@@ -1362,13 +1372,7 @@ async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<RunResult> {
             Err(_) => *stats.errors.entry("client:hung".into()).or_default() += 1,
         }
     }
-    let client_cpu_s = proc_cpu_s("self")
-        .zip(client_cpu_before)
-        .map_or(0.0, |(a, b)| a - b);
-    let server_sample = match sampler {
-        Some(s) => Some(s.await?),
-        None => None,
-    };
+    let cpu = sampler.await?;
 
     let errors: u64 = stats.errors.values().sum();
     let duration_s = args.duration.as_secs_f64();
@@ -1397,8 +1401,15 @@ async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<RunResult> {
         presigned,
         presign_s,
         signed_inline: stats.signed_inline,
-        client_cpu_s,
-        server: server_sample,
+        client_cpu_s: cpu.client_cpu_s,
+        other_cpu_s: (cpu.machine_cpu_s
+            - cpu.client_cpu_s
+            - cpu.server.as_ref().map_or(0.0, |s| s.cpu_s))
+        .max(0.0),
+        machine_cpu_s: cpu.machine_cpu_s,
+        server: cpu.server,
+        loadavg_start: cpu.loadavg_start,
+        loadavg_end: cpu.loadavg_end,
         db_media_parcels_waiting,
     })
 }
@@ -1548,39 +1559,109 @@ fn proc_cpu_s(who: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Busy CPU seconds of the whole machine (all of /proc/stat's `cpu` line but
+/// idle and iowait).
+fn machine_cpu_s() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?;
+    Some(busy as f64 / 100.0)
+}
+
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// What the sampler saw during the timed phase.
+struct CpuSample {
+    server: Option<ServerSample>,
+    client_cpu_s: f64,
+    machine_cpu_s: f64,
+    loadavg_start: f64,
+    loadavg_end: f64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct CpuMark {
+    client: f64,
+    machine: f64,
+    server: f64,
+}
+
+impl CpuMark {
+    fn now(pid: Option<u32>) -> Self {
+        CpuMark {
+            client: proc_cpu_s("self").unwrap_or(0.0),
+            machine: machine_cpu_s().unwrap_or(0.0),
+            server: pid.and_then(|p| proc_cpu_s(&p.to_string())).unwrap_or(0.0),
+        }
+    }
+}
+
+/// Samples the server's RSS every 100 ms from now to `end`, and CPU times
+/// exactly at the start and end of the timed phase.
 fn spawn_sampler(
-    pid: u32,
+    pid: Option<u32>,
     measure_from: Instant,
     end: Instant,
-) -> tokio::task::JoinHandle<ServerSample> {
+) -> tokio::task::JoinHandle<CpuSample> {
     tokio::spawn(async move {
-        let mut sample = ServerSample {
+        let mut server = pid.map(|pid| ServerSample {
             pid,
             ..ServerSample::default()
-        };
-        let mut cpu_start = None;
-        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        });
+        let mut start_mark: Option<(CpuMark, f64)> = None;
+        let mut next_rss = Instant::now();
         loop {
-            ticker.tick().await;
             let now = Instant::now();
-            if let Some(rss) = proc_status_kib(pid, "VmRSS") {
-                sample.peak_rss_kib = sample.peak_rss_kib.max(rss);
-                if now >= measure_from && sample.start_rss_kib == 0 {
-                    sample.start_rss_kib = rss;
+            if start_mark.is_none() && now >= measure_from {
+                start_mark = Some((CpuMark::now(pid), loadavg()));
+                if let Some(s) = server.as_mut() {
+                    s.start_rss_kib = proc_status_kib(s.pid, "VmRSS").unwrap_or(0);
                 }
             }
-            if now >= measure_from && cpu_start.is_none() {
-                cpu_start = proc_cpu_s(&pid.to_string());
+            if now >= next_rss {
+                if let Some(s) = server.as_mut()
+                    && let Some(rss) = proc_status_kib(s.pid, "VmRSS")
+                {
+                    s.peak_rss_kib = s.peak_rss_kib.max(rss);
+                }
+                next_rss += Duration::from_millis(100);
             }
             if now >= end {
                 break;
             }
+            let mut wake = next_rss.min(end);
+            if start_mark.is_none() {
+                wake = wake.min(measure_from);
+            }
+            tokio::time::sleep_until(wake.into()).await;
         }
-        if let (Some(a), Some(b)) = (proc_cpu_s(&pid.to_string()), cpu_start) {
-            sample.cpu_s = a - b;
+        let stop = CpuMark::now(pid);
+        let (start, loadavg_start) = start_mark.unwrap_or((stop, 0.0));
+        if let Some(s) = server.as_mut() {
+            s.cpu_s = stop.server - start.server;
+            s.vm_hwm_kib = proc_status_kib(s.pid, "VmHWM").unwrap_or(0);
+            if let Some(rss) = proc_status_kib(s.pid, "VmRSS") {
+                s.peak_rss_kib = s.peak_rss_kib.max(rss);
+            }
         }
-        sample.vm_hwm_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
-        sample
+        CpuSample {
+            server,
+            client_cpu_s: stop.client - start.client,
+            machine_cpu_s: stop.machine - start.machine,
+            loadavg_start,
+            loadavg_end: loadavg(),
+        }
     })
 }
 
@@ -1588,9 +1669,14 @@ fn spawn_sampler(
 // Output
 // ---------------------------------------------------------------------------
 
+/// CPU seconds over a wall-clock span as a percentage of one core.
+fn percent(cpu_s: f64, wall_s: f64) -> String {
+    format!("{:.0}%", 100.0 * cpu_s / wall_s)
+}
+
 fn print_table(results: &[RunResult]) {
     println!(
-        "{:<12} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}  errors",
+        "{:<12} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8}  errors",
         "scenario",
         "protocol",
         "conns",
@@ -1601,7 +1687,9 @@ fn print_table(results: &[RunResult]) {
         "max ms",
         "MiB/s",
         "peak RSS",
-        "srv CPU"
+        "srv CPU",
+        "gen CPU",
+        "other"
     );
     for r in results {
         let (rss, cpu) = match &r.server {
@@ -1621,7 +1709,7 @@ fn print_table(results: &[RunResult]) {
                 .join(" ")
         };
         println!(
-            "{:<12} {:<8} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>8}  {}",
+            "{:<12} {:<8} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>8} {:>8} {:>8}  {}",
             r.scenario.name(),
             r.protocol.name(),
             r.concurrency,
@@ -1633,6 +1721,8 @@ fn print_table(results: &[RunResult]) {
             r.received_mib_s,
             rss,
             cpu,
+            percent(r.client_cpu_s, r.duration_s),
+            percent(r.other_cpu_s, r.duration_s),
             errors
         );
         for (k, m) in &r.error_samples {
@@ -2019,6 +2109,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             others.push(value);
         }
     }
+    runs.sort_by_key(|r| (r.scenario, r.protocol));
     print_table(&runs);
     let mut md = String::new();
     for v in &others {
@@ -2050,8 +2141,8 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !md.is_empty() {
         md.push('\n');
     }
-    md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server CPU | errors |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server CPU | generator CPU | other CPU | errors |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in &runs {
         let (rss, cpu) = match &r.server {
             Some(s) => (
@@ -2070,7 +2161,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
                 .join(", ")
         };
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |\n",
             r.scenario.name(),
             r.protocol.name(),
             r.concurrency,
@@ -2082,9 +2173,14 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             r.received_mib_s,
             rss,
             cpu,
+            percent(r.client_cpu_s, r.duration_s),
+            percent(r.other_cpu_s, r.duration_s),
             errors
         ));
     }
+    md.push_str(
+        "\nCPU columns: percent of one core during the timed phase; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept).\n",
+    );
     if let Some(path) = &args.markdown {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
     }

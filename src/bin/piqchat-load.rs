@@ -2035,6 +2035,51 @@ struct FsyncResult {
     overwrite_ops_s: f64,
     /// 4 KiB append + fdatasync (how a WAL grows).
     append_ops_s: f64,
+    /// What storing one attachment costs the disk (as `blobs.rs` does it):
+    /// create a 100 KiB file, fsync it, rename it into place, fsync the
+    /// folder. One writer, then 8 at once (the default upload limit).
+    #[serde(default)]
+    blob_100k_ops_s: f64,
+    #[serde(default)]
+    blob_100k_8_writers_ops_s: f64,
+}
+
+/// Attachment-style durable file writes per second with `writers` threads.
+fn blob_loop(dir: &Path, duration: Duration, writers: usize) -> anyhow::Result<f64> {
+    let root = dir.join(format!(".piqchat-blobs-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("tmp"))?;
+    let data = attachment(100 * 1024);
+    let start = Instant::now();
+    let total: u64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (root, data) = (&root, &data);
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    use std::io::Write;
+                    let mut n = 0u64;
+                    while start.elapsed() < duration {
+                        let name = format!("{w}-{n}");
+                        let tmp = root.join("tmp").join(&name);
+                        let mut file = std::fs::File::create(&tmp)?;
+                        file.write_all(data)?;
+                        file.sync_all()?;
+                        drop(file);
+                        std::fs::rename(&tmp, root.join(&name))?;
+                        std::fs::File::open(root)?.sync_all()?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer thread"))
+            .sum::<anyhow::Result<u64>>()
+    })?;
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&root)?;
+    Ok(rate)
 }
 
 fn fsync_loop(path: &Path, duration: Duration, append: bool) -> anyhow::Result<f64> {
@@ -2075,15 +2120,19 @@ fn fsync(args: FsyncArgs) -> anyhow::Result<()> {
         .join(format!(".piqchat-fsync-{}", std::process::id()));
     let overwrite = fsync_loop(&path, args.duration, false)?;
     let append = fsync_loop(&path, args.duration, true)?;
+    let blob = blob_loop(&args.dir, args.duration, 1)?;
+    let blob_8 = blob_loop(&args.dir, args.duration, 8)?;
     let result = FsyncResult {
         kind: "fsync".into(),
         dir: args.dir.display().to_string(),
         overwrite_ops_s: overwrite,
         append_ops_s: append,
+        blob_100k_ops_s: blob,
+        blob_100k_8_writers_ops_s: blob_8,
     };
     println!(
-        "fsync rate in {}: 4 KiB overwrite + fdatasync {:.0} ops/s; 4 KiB append + fdatasync {:.0} ops/s",
-        result.dir, result.overwrite_ops_s, result.append_ops_s
+        "fsync rate in {}: 4 KiB overwrite + fdatasync {:.0} ops/s; 4 KiB append + fdatasync {:.0} ops/s; 100 KiB attachment file (write, fsync, rename, fsync folder) {:.0} files/s, with 8 writers {:.0} files/s",
+        result.dir, result.overwrite_ops_s, result.append_ops_s, blob, blob_8
     );
     if let Some(path) = &args.json {
         write_json(path, &result)?;
@@ -2124,9 +2173,11 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
                 v["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
             )),
             Some("fsync") => md.push_str(&format!(
-                "- Disk: 4 KiB overwrite + fdatasync **{:.0}/s**, 4 KiB append + fdatasync **{:.0}/s**.\n",
+                "- Disk: 4 KiB overwrite + fdatasync **{:.0}/s**, 4 KiB append + fdatasync **{:.0}/s**; a 100 KiB attachment file stored durably (write, fsync, rename, fsync folder) **{:.0}/s**, {:.0}/s with 8 writers.\n",
                 v["overwrite_ops_s"].as_f64().unwrap_or(0.0),
                 v["append_ops_s"].as_f64().unwrap_or(0.0),
+                v["blob_100k_ops_s"].as_f64().unwrap_or(0.0),
+                v["blob_100k_8_writers_ops_s"].as_f64().unwrap_or(0.0),
             )),
             Some("seed") => md.push_str(&format!(
                 "- Seed: {} parcels for {} users in {:.1} s ({:.0} parcels/s), database {:.0} MiB.\n",

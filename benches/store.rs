@@ -84,6 +84,7 @@ fn store(c: &mut Criterion) {
                         now: clock.now(),
                         max_waiting_parcels: u32::MAX,
                         max_waiting_attachment_bytes: u64::MAX,
+                        push: None,
                     };
                     rt.block_on(store.insert_parcels(&new))
                         .expect("insert")

@@ -1812,6 +1812,7 @@ async fn seed(args: SeedArgs) -> anyhow::Result<()> {
             now: clock.now(),
             max_waiting_parcels: u32::MAX,
             max_waiting_attachment_bytes: u64::MAX,
+            push: None,
         };
         store
             .insert_parcels(&new)

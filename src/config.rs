@@ -89,6 +89,8 @@ pub struct Limits {
     pub min_free_disk_bytes: u64,
     /// Large requests (parcel sends) handled at once; more wait their turn.
     pub max_concurrent_uploads: u32,
+    /// Longest an upload may take once it has its turn.
+    pub upload_timeout_secs: u32,
 }
 
 /// A configuration value that cannot be used.
@@ -187,7 +189,7 @@ impl Config {
             signature_max_skew_secs: env.ranged("SIGNATURE_MAX_SKEW_SECONDS", 300, 5, 3600)?,
             replay_cache_max_entries: env.ranged(
                 "REPLAY_CACHE_MAX_ENTRIES",
-                500_000,
+                2_000_000,
                 1_000,
                 50_000_000,
             )? as usize,
@@ -217,6 +219,7 @@ impl Config {
                 )?,
                 min_free_disk_bytes: env.ranged64("MIN_FREE_DISK_BYTES", 256 << 20, 0, 1 << 50)?,
                 max_concurrent_uploads: env.ranged("MAX_CONCURRENT_UPLOADS", 8, 1, 1024)?,
+                upload_timeout_secs: env.ranged("UPLOAD_TIMEOUT_SECONDS", 120, 1, 3600)?,
             },
             retention: Retention {
                 parcel_max_age_days: env.ranged("PARCEL_MAX_AGE_DAYS", 90, 1, 3650)?,

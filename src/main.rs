@@ -79,7 +79,8 @@ fn main() -> anyhow::Result<()> {
         Err(e) if e.not_found() => {}
         Err(e) => return Err(e).context("reading .env"),
     }
-    init_logging()?;
+    // Held to the end of main: dropping it flushes the log lines in flight.
+    let _log_flush = init_logging()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(Config::from_env()?)),
@@ -256,20 +257,26 @@ fn print_invite(link: &str) {
 
 /// `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` writes one JSON
 /// object per line for log collectors, anything else the human format.
-fn init_logging() -> anyhow::Result<()> {
+fn init_logging() -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Logs go to standard error; standard output carries what the commands
     // print (the invite link, headers), so it stays easy to copy and pipe.
+    // A background thread does the writing, so a request never waits on a
+    // write system call for its log line (nor are lines dropped: when the
+    // buffer is full, logging waits).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match std::env::var("LOG_FORMAT").ok().as_deref() {
         Some("json") => builder.json().flatten_event(true).init(),
         None | Some("" | "text" | "human") => builder.init(),
         Some(other) => anyhow::bail!("LOG_FORMAT: expected json or text, got {other:?}"),
     }
-    Ok(())
+    Ok(guard)
 }
 
 /// Completes on SIGINT or SIGTERM.

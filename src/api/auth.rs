@@ -13,7 +13,7 @@ use std::{
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use sha2::{Digest, Sha256, Sha512};
 use tonic::Status;
@@ -59,11 +59,6 @@ pub enum Rejection {
     Unavailable(&'static str),
     /// 413 / RESOURCE_EXHAUSTED: a digest-covered body over the size limit.
     TooLarge,
-}
-
-enum Kind {
-    TooLarge,
-    Other,
 }
 
 /// A verified signature: who signed, and the body digests to check, if covered.
@@ -290,35 +285,13 @@ impl Rejection {
         }
     }
 
-    /// The refusal in the caller's protocol: a trailers-only gRPC(-web)
-    /// response, or the gateway's JSON error.
+    /// The refusal in the caller's protocol.
     fn into_response(self, protocol: Protocol) -> Response<Body> {
-        let status = self.status();
-        let self_kind = if matches!(self, Rejection::TooLarge) {
-            Kind::TooLarge
-        } else {
-            Kind::Other
+        let http_status = match self {
+            Rejection::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            _ => gateway::http_status_from_code(self.status().code()),
         };
-        match protocol {
-            Protocol::Http => gateway::error_response(
-                match self_kind {
-                    Kind::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-                    Kind::Other => gateway::http_status_from_code(status.code()),
-                },
-                status.code(),
-                status.message(),
-            ),
-            Protocol::Grpc | Protocol::GrpcWeb => {
-                let mut res = status.into_http::<Body>();
-                if protocol == Protocol::GrpcWeb {
-                    res.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/grpc-web+proto"),
-                    );
-                }
-                res
-            }
-        }
+        protocol.error_response(self.status(), http_status)
     }
 }
 

@@ -81,6 +81,12 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
             .layer(cors())
             .layer(uploads::UploadGateLayer::new(
                 state.config.limits.max_concurrent_uploads as usize,
+                uploads::UploadLimits {
+                    queue: std::time::Duration::from_secs(30),
+                    complete: std::time::Duration::from_secs(
+                        state.config.limits.upload_timeout_secs.into(),
+                    ),
+                },
             ))
             .layer(auth::AuthLayer::new(verifier))
             .service(dispatch),
@@ -101,6 +107,28 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// An error in this protocol: a trailers-only gRPC(-web) response, or the
+    /// gateway's JSON error body with `http_status`.
+    pub fn error_response(
+        self,
+        status: Status,
+        http_status: http::StatusCode,
+    ) -> http::Response<Body> {
+        match self {
+            Protocol::Http => gateway::error_response(http_status, status.code(), status.message()),
+            Protocol::Grpc | Protocol::GrpcWeb => {
+                let mut res = status.into_http::<Body>();
+                if self == Protocol::GrpcWeb {
+                    res.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc-web+proto"),
+                    );
+                }
+                res
+            }
+        }
+    }
+
     pub fn of<B>(req: &Request<B>) -> Self {
         let ct = req
             .headers()

@@ -11,7 +11,11 @@ use std::{
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
+use std::time::Duration;
+use tonic::Status;
+
+use super::Protocol;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
@@ -29,15 +33,24 @@ fn is_upload<B>(req: &Request<B>) -> bool {
         || req.headers().contains_key("content-digest")
 }
 
+/// How long an upload may wait for a permit, and how long it may then take.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    pub queue: Duration,
+    pub complete: Duration,
+}
+
 #[derive(Clone)]
 pub struct UploadGateLayer {
     permits: Arc<Semaphore>,
+    limits: UploadLimits,
 }
 
 impl UploadGateLayer {
-    pub fn new(max_concurrent: usize) -> Self {
+    pub fn new(max_concurrent: usize, limits: UploadLimits) -> Self {
         UploadGateLayer {
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            limits,
         }
     }
 }
@@ -49,6 +62,7 @@ impl<S> Layer<S> for UploadGateLayer {
         UploadGate {
             inner,
             permits: self.permits.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -57,6 +71,7 @@ impl<S> Layer<S> for UploadGateLayer {
 pub struct UploadGate<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    limits: UploadLimits,
 }
 
 impl<S> Service<Request<Body>> for UploadGate<S>
@@ -78,11 +93,24 @@ where
         if !is_upload(&req) {
             return Box::pin(inner.call(req));
         }
-        let permits = self.permits.clone();
+        let (permits, limits) = (self.permits.clone(), self.limits);
+        let protocol = Protocol::of(&req);
         Box::pin(async move {
-            // The semaphore is never closed, so acquiring cannot fail.
-            let _permit = permits.acquire_owned().await.expect("semaphore open");
-            inner.call(req).await
+            let Ok(Ok(_permit)) = tokio::time::timeout(limits.queue, permits.acquire_owned()).await
+            else {
+                let status = Status::unavailable("too many uploads in progress; retry shortly");
+                return Ok(protocol.error_response(status, StatusCode::SERVICE_UNAVAILABLE));
+            };
+            // A slow upload must not hold its permit (and memory) for ever.
+            match tokio::time::timeout(limits.complete, inner.call(req)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let status = Status::deadline_exceeded(
+                        "the upload took too long; send it faster or smaller",
+                    );
+                    Ok(protocol.error_response(status, StatusCode::REQUEST_TIMEOUT))
+                }
+            }
         })
     }
 }

@@ -28,18 +28,42 @@ pub struct ServerInfo {
     pub push_enabled: bool,
 }
 
+/// The last statistics and when they were computed. When they are stale,
+/// one caller recomputes them while the others are served the stale ones, so
+/// a crowd of GetInfo calls costs one count, not one each.
 #[derive(Default)]
-pub struct StatsCache(Mutex<Option<(Millis, Statistics)>>);
+pub struct StatsCache {
+    value: Mutex<Option<(Millis, Statistics)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
 
 impl StatsCache {
+    fn cached(&self) -> Option<(Millis, Statistics)> {
+        self.value.lock().expect("stats cache poisoned").clone()
+    }
+
     async fn get(&self, store: &Store, now: Millis) -> Result<Statistics> {
-        if let Some((at, stats)) = &*self.0.lock().expect("stats cache poisoned")
+        let cached = self.cached();
+        if let Some((at, stats)) = &cached
             && (0..STATS_TTL).contains(&(now - at))
         {
             return Ok(stats.clone());
         }
+        let _refreshing = match (cached, self.refreshing.try_lock()) {
+            (_, Ok(guard)) => guard,
+            // Someone is already counting: the stale values will do.
+            (Some((_, stats)), Err(_)) => return Ok(stats),
+            // Nothing to serve yet: wait for the count under way.
+            (None, Err(_)) => {
+                let guard = self.refreshing.lock().await;
+                if let Some((_, stats)) = self.cached() {
+                    return Ok(stats);
+                }
+                guard
+            }
+        };
         let stats = store.statistics(now).await?;
-        *self.0.lock().expect("stats cache poisoned") = Some((now, stats.clone()));
+        *self.value.lock().expect("stats cache poisoned") = Some((now, stats.clone()));
         Ok(stats)
     }
 }

@@ -735,3 +735,40 @@ async fn an_attachment_whose_file_is_gone_is_not_found() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_stalled_upload_gives_its_turn_back() {
+    use http_body_util::{BodyExt, StreamBody};
+    let app = TestApp::spawn_with(|c| {
+        c.limits.max_concurrent_uploads = 1;
+        c.limits.upload_timeout_secs = 1;
+    })
+    .await;
+    let (alice, bob) = app.pair().await;
+    // An upload that sends half its body and then nothing.
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>(1);
+    let mut req = http::Request::post(format!("{}{SEND}", app.url))
+        .header("content-type", "application/grpc-web+proto")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    alice.signer.sign_request(&mut req).unwrap();
+    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+        0, 0, 1, 0, 0,
+    ]))))
+    .await
+    .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let stalled = client.request(req).await.unwrap();
+    assert_eq!(stalled.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    let _ = stalled.into_body().collect().await;
+    drop(tx);
+    // The only permit is free again: a normal send goes through.
+    alice
+        .send("MEDIA", &[&bob], Some(vec![1; 10]))
+        .await
+        .unwrap();
+}

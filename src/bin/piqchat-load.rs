@@ -82,6 +82,10 @@ enum Cmd {
     /// Store, in large transactions. Stop the server first (or seed before
     /// its first start).
     Seed(SeedArgs),
+    /// Time one retention run over a database (e.g. one made by `seed`): every
+    /// parcel in it is treated as expired, as 91 days later. Stop the server
+    /// first.
+    Retention(RetentionArgs),
     /// Measure cold start: spawn the server, poll GetInfo until it answers,
     /// stop it; repeat and report the median. Also reports idle RSS.
     Coldstart(ColdstartArgs),
@@ -139,6 +143,16 @@ struct RunArgs {
     /// Free-form label stored in the result (e.g. the git commit).
     #[arg(long)]
     label: Option<String>,
+}
+
+#[derive(Args)]
+struct RetentionArgs {
+    /// The database file.
+    #[arg(long)]
+    database: PathBuf,
+    /// The attachments folder of that database (default: a temp folder).
+    #[arg(long)]
+    attachments: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -299,6 +313,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Run(args)) => run_main(args),
         None => run_main(cli.run),
         Some(Cmd::Seed(args)) => runtime(1)?.block_on(seed(args)),
+        Some(Cmd::Retention(args)) => runtime(1)?.block_on(retention(args)),
         Some(Cmd::Coldstart(args)) => runtime(1)?.block_on(coldstart(args)),
         Some(Cmd::Fsync(args)) => fsync(args),
         Some(Cmd::Report(args)) => report(args),
@@ -1751,6 +1766,28 @@ struct SeedResult {
     parcels_s: f64,
     parcels_per_s: f64,
     database_mib: f64,
+}
+
+async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
+    let store = Store::open(&args.database)
+        .await
+        .with_context(|| format!("opening {}", args.database.display()))?;
+    let temp = tempfile_dir()?;
+    let folder = args.attachments.clone().unwrap_or_else(|| temp.clone());
+    let blobs = piqchat_inbox::blobs::Blobs::open(&folder)?;
+    let later = Clock::system().now() + 91 * 24 * HOUR;
+    let t = Instant::now();
+    let (parcels, files) =
+        piqchat_inbox::jobs::expire_parcels_once(&store, &blobs, later, 90).await?;
+    let took = t.elapsed().as_secs_f64();
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&temp);
+    println!(
+        "retention: {parcels} expired parcels and {files} attachment files deleted in {took:.2} s ({:.0} parcels/s, batches of {})",
+        parcels as f64 / took.max(1e-9),
+        piqchat_inbox::store::RETENTION_BATCH
+    );
+    Ok(())
 }
 
 async fn seed(args: SeedArgs) -> anyhow::Result<()> {

@@ -26,6 +26,7 @@ pub use accounts::{BackupRow, InvitedRow, PushSubscriptionRow};
 pub use exchanges::{AcceptOutcome, ExchangeRow};
 pub use parcels::{NewParcel, NewParcels, ParcelRow, QuotaExceeded};
 pub use push::{DuePush, NewPush};
+pub use retention::BATCH as RETENTION_BATCH;
 pub use stats::Statistics;
 pub use users::UserRow;
 

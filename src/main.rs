@@ -267,6 +267,9 @@ fn init_logging() -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard>
     // buffer is full, logging waits).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // The default 128,000-line queue costs megabytes of resident memory
+        // up front; a few thousand lines absorb any burst the writer lags.
+        .buffered_lines_limit(4096)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

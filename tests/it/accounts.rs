@@ -139,16 +139,7 @@ async fn set_contacts_replaces_the_whitelist_that_sending_checks() {
 /// Signs `new` up through an invite created by `inviter`.
 async fn invite(app: &TestApp, inviter: &TestUser) -> TestUser {
     let new = app.user();
-    let token = inviter
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = inviter.create_invite("card").await;
     app.exchanges()
         .await
         .accept_exchange(pb::AcceptExchangeRequest {

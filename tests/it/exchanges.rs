@@ -159,16 +159,7 @@ async fn accepting_with_a_registered_user_id_creates_no_second_account() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
     let bob = app.registered_user().await;
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     let reply = app
         .exchanges()
         .await
@@ -186,16 +177,7 @@ async fn signing_up_through_a_friend_invite_records_the_inviter() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
     let carol = app.user();
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     let reply = app
         .exchanges()
         .await
@@ -276,16 +258,7 @@ async fn a_user_of_another_server_accepts_an_invite_here() {
 async fn revoked_exchanges_are_gone() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     // Revoke over the JSON gateway.
     let reply = alice
         .http()
@@ -327,18 +300,7 @@ async fn exchanges_expire_after_the_configured_lifetime() {
     let alice = app.registered_user().await;
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        tokens.push(
-            alice
-                .exchanges()
-                .await
-                .create_exchange(pb::CreateExchangeRequest {
-                    offer: "card".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token,
-        );
+        tokens.push(alice.create_invite("card").await);
     }
     // One second before the end: still open.
     app.clock.advance(30 * 60_000 - 1000);
@@ -394,16 +356,7 @@ async fn another_users_token_looks_exactly_like_an_unknown_one() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
     let mallory = app.registered_user().await;
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     let unknown = uuid::Uuid::new_v4().to_string();
     let foreign = mallory
         .exchanges()
@@ -514,16 +467,7 @@ async fn bad_exchange_input_gets_clear_errors() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("exchange token"), "{err:?}");
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     let err = app
         .exchanges()
         .await
@@ -582,16 +526,7 @@ async fn bad_exchange_input_gets_clear_errors() {
 async fn of_fifty_concurrent_accepts_exactly_one_wins() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     let channel = app.channel().await;
     let mut tasks = Vec::new();
     for i in 0..50 {

@@ -273,6 +273,19 @@ impl TestUser {
         pb::exchange_service_client::ExchangeServiceClient::new(self.channel().await)
     }
 
+    /// Creates a friend invite with `offer` as the card; returns its token.
+    pub async fn create_invite(&self, offer: &str) -> String {
+        self.exchanges()
+            .await
+            .create_exchange(pb::CreateExchangeRequest {
+                offer: offer.into(),
+            })
+            .await
+            .expect("create exchange")
+            .into_inner()
+            .token
+    }
+
     pub async fn parcels(&self) -> pb::parcel_service_client::ParcelServiceClient<SignedChannel> {
         pb::parcel_service_client::ParcelServiceClient::new(self.channel().await)
             .max_decoding_message_size(64 << 20)

@@ -42,16 +42,7 @@ async fn exchanges_expire_after_7_days() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
     let t0 = app.clock.now();
-    let token = alice
-        .exchanges()
-        .await
-        .create_exchange(pb::CreateExchangeRequest {
-            offer: "card".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = alice.create_invite("card").await;
     let store = &app.state.store;
     // The sign-up invites made by `registered_user` are as old as this one.
     assert_eq!(

@@ -772,3 +772,18 @@ async fn a_stalled_upload_gives_its_turn_back() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn half_written_attachments_are_removed_at_start() {
+    let app = TestApp::spawn().await;
+    let tmp = app.state.config.attachments_path.join("tmp");
+    let leftover = tmp.join(piqchat_inbox::domain::AttachmentId::random().to_string());
+    std::fs::write(&leftover, b"half an upload").unwrap();
+    let app = app.restart().await;
+    assert!(
+        !leftover.exists(),
+        "the leftover temp file was removed at start"
+    );
+    assert!(tmp.is_dir());
+    drop(app);
+}

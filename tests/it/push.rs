@@ -322,3 +322,39 @@ async fn internal_endpoints_are_refused_without_the_allow_setting() {
     );
     assert!(!text.contains("reason=\"sent\""), "{text}");
 }
+
+#[tokio::test]
+async fn removing_the_subscription_or_the_account_drops_pending_pushes() {
+    let (app, service) = TestApp::spawn_with_push(|_| {}).await;
+    let (alice, bob) = subscribed_pair(&app, &service, "bob", None).await;
+    let carol = app.registered_user().await;
+    carol.set_contacts(&[&alice]).await;
+    let sub = service.subscription("carol").json;
+    let reply = carol
+        .http()
+        .json(Method::PUT, "/v1/account/push-subscription", Some(&sub))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+
+    // Both pushes fail once and wait for a retry.
+    service.script(&[Reply::Status(503), Reply::Status(503)]);
+    alice.send("MEDIA", &[&bob, &carol], None).await.unwrap();
+    service.wait_for(2, WAIT).await;
+    eventually("two pushes waiting", async || outbox_depth(&app).await == 2).await;
+
+    let reply = bob
+        .http()
+        .json(Method::DELETE, "/v1/account/push-subscription", None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(outbox_depth(&app).await, 1);
+    let reply = carol
+        .http()
+        .json(Method::DELETE, "/v1/account", None)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(outbox_depth(&app).await, 0);
+}

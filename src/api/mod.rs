@@ -44,7 +44,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// Builds the whole HTTP service for one server instance.
 pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
     let limits = MessageLimits::new(&state.config.limits);
-    let grpc = grpc_router(state, &limits)?;
+    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
+    let grpc = grpc_router(state, &limits, &pool)?;
 
     let grpc_web: HttpService = BoxCloneSyncService::new(
         ServiceBuilder::new()
@@ -54,7 +55,6 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
             .service(grpc.clone()),
     );
 
-    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)?;
     let gateway = gateway::Gateway::new(&pool, grpc.clone(), limits.gateway_limits())?;
     let openapi = openapi::document(gateway.routes(), &pool, env!("CARGO_PKG_VERSION"));
     let http = pages::router(&openapi).fallback_service(gateway);
@@ -145,7 +145,11 @@ impl Protocol {
     }
 }
 
-fn grpc_router(state: &AppState, limits: &MessageLimits) -> anyhow::Result<axum::Router> {
+fn grpc_router(
+    state: &AppState,
+    limits: &MessageLimits,
+    pool: &DescriptorPool,
+) -> anyhow::Result<axum::Router> {
     use pb::{
         account_service_server::AccountServiceServer, backup_service_server::BackupServiceServer,
         exchange_service_server::ExchangeServiceServer, info_service_server::InfoServiceServer,
@@ -195,17 +199,15 @@ fn grpc_router(state: &AppState, limits: &MessageLimits) -> anyhow::Result<axum:
         .add_service(health)
         .clone()
         .routes();
-    let known = pool_rpc_paths(&DescriptorPool::decode(FILE_DESCRIPTOR_SET)?)
-        .into_iter()
-        .chain(
-            [
-                "/grpc.health.v1.Health/Check",
-                "/grpc.health.v1.Health/Watch",
-                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-            ]
-            .map(str::to_owned),
-        );
+    let known = pool_rpc_paths(pool).into_iter().chain(
+        [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .map(str::to_owned),
+    );
     Ok(routes
         .into_axum_router()
         .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))

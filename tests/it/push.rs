@@ -48,6 +48,19 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until the next push is due no earlier than `at`.
+async fn retry_scheduled(app: &TestApp, at: i64) {
+    eventually("the retry to be scheduled", async || {
+        app.state
+            .store
+            .next_push_due()
+            .await
+            .unwrap()
+            .is_some_and(|t| t >= at)
+    })
+    .await;
+}
+
 async fn outbox_depth(app: &TestApp) -> u64 {
     app.state.store.outbox_depth().await.unwrap()
 }
@@ -145,15 +158,7 @@ async fn too_many_requests_is_retried_after_the_asked_delay() {
     service.wait_for(1, WAIT).await;
     // Rescheduled 30 s out (Retry-After beats the 5 s back-off), not before.
     let now = app.clock.now();
-    eventually("the retry to be scheduled", async || {
-        app.state
-            .store
-            .next_push_due()
-            .await
-            .unwrap()
-            .is_some_and(|t| t >= now + 30 * SECOND)
-    })
-    .await;
+    retry_scheduled(&app, now + 30 * SECOND).await;
     assert!(
         app.state
             .store
@@ -182,15 +187,7 @@ async fn server_errors_back_off_and_deliver_once() {
     for (attempt, wait) in [(1, 5), (2, 10), (3, 20)] {
         service.wait_for(attempt, WAIT).await;
         let now = app.clock.now();
-        eventually("the retry to be scheduled", async || {
-            app.state
-                .store
-                .next_push_due()
-                .await
-                .unwrap()
-                .is_some_and(|t| t >= now + wait * SECOND)
-        })
-        .await;
+        retry_scheduled(&app, now + wait * SECOND).await;
         app.clock.advance(wait * SECOND + SECOND);
         app.state.push_wake.notify_one();
     }
@@ -212,15 +209,7 @@ async fn pending_pushes_survive_a_restart() {
     alice.send("MEDIA", &[&bob], None).await.unwrap();
     service.wait_for(1, WAIT).await;
     let now = app.clock.now();
-    eventually("the retry to be scheduled", async || {
-        app.state
-            .store
-            .next_push_due()
-            .await
-            .unwrap()
-            .is_some_and(|t| t > now)
-    })
-    .await;
+    retry_scheduled(&app, now + 1).await;
     let app = app.restart().await;
     assert_eq!(
         outbox_depth(&app).await,

@@ -57,7 +57,7 @@ impl Store {
              WHERE id = $1 OR invited_by = $1 ORDER BY id = $1 DESC, id",
         )
         .bind(user.entry_id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.readers.get().await?)
         .await?;
         Ok(rows.into_iter().map(invited_row).collect())
     }
@@ -65,7 +65,7 @@ impl Store {
     /// Every account, in order of sign-up (the admin's view).
     pub async fn all_users(&self) -> Result<Vec<InvitedRow>> {
         let rows = sqlx::query("SELECT id, public_key, invited_by, last_seen_at, client_version FROM users ORDER BY id")
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.readers.get().await?)
             .await?;
         Ok(rows.into_iter().map(invited_row).collect())
     }
@@ -120,23 +120,28 @@ impl Store {
     /// that deleted content (zeroed in place by `secure_delete`) does not
     /// linger in old WAL frames. Best effort: a busy reader only delays it.
     pub async fn checkpoint(&self) {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
-            .await
-        {
+        // Outside any transaction: a checkpoint cannot run inside one.
+        let done = match self.writer.solo().await {
+            Ok(mut conn) => sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *conn)
+                .await
+                .map_err(crate::error::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
 
     pub async fn put_backup(&self, entry_id: i64, content: &str, now: Millis) -> Result<()> {
-        sqlx::query(
+        self.writer.execute(sqlx::query(
             "INSERT INTO backups (user_id, content, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at",
         )
         .bind(entry_id)
         .bind(content)
         .bind(now)
-        .execute(&self.writer)
+        )
         .await?;
         Ok(())
     }
@@ -215,7 +220,7 @@ impl Store {
             "SELECT endpoint, p256dh, auth, content_encoding, expires_at FROM push_subscriptions WHERE user_id = $1",
         )
         .bind(entry_id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(row.map(|r| PushSubscriptionRow {
             endpoint: r.get(0),

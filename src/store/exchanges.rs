@@ -41,7 +41,7 @@ impl Store {
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
-        sqlx::query(
+        self.writer.execute(sqlx::query(
             "INSERT INTO exchanges (token, creator_id, offer, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token.to_string())
@@ -49,7 +49,7 @@ impl Store {
         .bind(offer)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.writer)
+        )
         .await?;
         Ok(())
     }
@@ -65,7 +65,7 @@ impl Store {
         )
         .bind(token.to_string())
         .bind(creator)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(row.map(|r| ExchangeRow {
             offer: r.get(0),
@@ -77,10 +77,13 @@ impl Store {
 
     /// Deletes one of `creator`'s exchanges; false when there was none.
     pub async fn delete_exchange(&self, token: &ExchangeToken, creator: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM exchanges WHERE token = $1 AND creator_id = $2")
-            .bind(token.to_string())
-            .bind(creator)
-            .execute(&self.writer)
+        let done = self
+            .writer
+            .execute(
+                sqlx::query("DELETE FROM exchanges WHERE token = $1 AND creator_id = $2")
+                    .bind(token.to_string())
+                    .bind(creator),
+            )
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -148,7 +151,7 @@ impl Store {
             "SELECT 1 FROM exchanges WHERE creator_id IS NULL AND accepted_at IS NULL AND expires_at > $1 LIMIT 1",
         )
         .bind(now)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(row.is_some())
     }
@@ -157,7 +160,7 @@ impl Store {
     pub async fn has_users(&self) -> Result<bool> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT 1 FROM users WHERE public_key IS NOT NULL LIMIT 1")
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.readers.get().await?)
                 .await?;
         Ok(row.is_some())
     }

@@ -1,26 +1,31 @@
 //! The only code that writes SQL. Typed functions per table over SQLite
 //! (`sqlx`, `$N` placeholders so a PostgreSQL backend can follow).
 //!
-//! Writes go through a single-connection pool: SQLite allows one writer at a
-//! time anyway, and a lone writer never hits `SQLITE_BUSY` when a read
-//! transaction upgrades to a write. Reads use a pool of their own (WAL lets
-//! them run beside the writer).
+//! Writes go through one connection (`writer`, with group commit): SQLite
+//! allows one writer at a time anyway, and a lone writer never hits
+//! `SQLITE_BUSY` when a read transaction upgrades to a write. Reads use
+//! connections of their own (`readers`; WAL lets them run beside the writer).
 
 mod accounts;
 mod exchanges;
 mod parcels;
 mod push;
+mod readers;
 mod retention;
 mod server_config;
 mod stats;
 mod users;
+mod writer;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{fmt, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    ConnectOptions as _,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
+
+use readers::Readers;
+use writer::Writer;
 
 pub use accounts::{BackupRow, InvitedRow, PushSubscriptionRow};
 pub use exchanges::{AcceptOutcome, ExchangeRow};
@@ -30,11 +35,21 @@ pub use retention::BATCH as RETENTION_BATCH;
 pub use stats::Statistics;
 pub use users::UserRow;
 
+/// Read connections: enough for both cores and the blocking waits of a few
+/// requests at once.
+const READERS: u32 = 8;
+
 /// Handle to the database; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    writer: Writer,
+    readers: Arc<Readers>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -54,21 +69,19 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             // Deleted content is overwritten, not left in free pages.
             .pragma("secure_delete", "ON");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        Ok(Store { writer, reader })
+        let mut writer = options.connect().await?;
+        sqlx::migrate!("./migrations").run(&mut writer).await?;
+        let readers = Readers::open(&options, READERS).await?;
+        Ok(Store {
+            writer: Writer::new(writer),
+            readers: Arc::new(readers),
+        })
     }
 
+    /// Commits what is pending and closes every connection.
     pub async fn close(&self) {
         self.writer.close().await;
-        self.reader.close().await;
+        self.readers.close().await;
     }
 }
 

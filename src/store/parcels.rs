@@ -1,7 +1,5 @@
 //! `parcels`, `attachments` and the daily statistics they feed.
 
-use sqlx::Row as _;
-
 use super::{NewPush, Store, count, stats::day_of};
 use crate::{
     clock::Millis,
@@ -56,7 +54,7 @@ impl Store {
         ids: &[UserId],
     ) -> Result<Vec<(UserId, i64)>> {
         let mut found = Vec::with_capacity(ids.len());
-        let mut conn = self.reader.acquire().await?;
+        let mut conn = self.readers.get().await?;
         for id in ids {
             let row: Option<(i64,)> = sqlx::query_as(
                 "SELECT u.id FROM users u \
@@ -153,25 +151,32 @@ impl Store {
     }
 
     /// A recipient's parcels, oldest first.
+    ///
+    /// SQLite hands the parcels over as one JSON array in one row: each row
+    /// of a result is a message between the connection's thread and ours,
+    /// and for a full inbox those messages cost more than the query.
     pub async fn parcels_of(&self, recipient: i64) -> Result<Vec<ParcelRow>> {
-        let rows = sqlx::query(
-            "SELECT p.id, p.type, p.content, p.sender_key, p.created_at, a.size \
+        let (json,): (String,) = sqlx::query_as(
+            "SELECT json_group_array(json_array(p.id, p.type, p.content, hex(p.sender_key), \
+             p.created_at, a.size) ORDER BY p.seq) \
              FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id \
-             WHERE p.recipient_id = $1 ORDER BY p.seq",
+             WHERE p.recipient_id = $1",
         )
         .bind(recipient)
-        .fetch_all(&self.reader)
+        .fetch_one(&mut *self.readers.get().await?)
         .await?;
-        Ok(rows
+        type Raw = (String, String, String, String, Millis, Option<i64>);
+        let raw: Vec<Raw> = serde_json::from_str(&json).map_err(crate::error::Error::internal)?;
+        Ok(raw
             .into_iter()
-            .filter_map(|r| {
+            .filter_map(|(id, kind, content, sender, sent_at, size)| {
                 Some(ParcelRow {
-                    id: ParcelId::parse(r.get::<&str, _>(0)).ok()?,
-                    kind: r.get(1),
-                    content: r.get(2),
-                    sender: UserId::from_slice(r.get::<&[u8], _>(3))?,
-                    sent_at: r.get(4),
-                    attachment_size: r.get::<Option<i64>, _>(5).map(|s| s as u64),
+                    id: ParcelId::parse(&id).ok()?,
+                    kind,
+                    content,
+                    sender: UserId::from_bytes(decode_hex32(&sender)?),
+                    sent_at,
+                    attachment_size: size.map(|s| s as u64),
                 })
             })
             .collect())
@@ -184,11 +189,11 @@ impl Store {
         now: Millis,
         client_version: Option<&str>,
     ) -> Result<()> {
-        sqlx::query("UPDATE users SET last_seen_at = $1, client_version = COALESCE($2, client_version) WHERE id = $3")
+        self.writer.execute(sqlx::query("UPDATE users SET last_seen_at = $1, client_version = COALESCE($2, client_version) WHERE id = $3")
             .bind(now)
             .bind(client_version)
             .bind(entry)
-            .execute(&self.writer)
+            )
             .await?;
         Ok(())
     }
@@ -205,7 +210,7 @@ impl Store {
         )
         .bind(parcel.to_string())
         .bind(recipient)
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(row.and_then(|(id, size)| Some((AttachmentId::parse(&id).ok()?, size as u64))))
     }
@@ -250,7 +255,7 @@ impl Store {
         )
         .bind(recipient.as_bytes().as_slice())
         .bind(sender.as_bytes().as_slice())
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(row)
     }
@@ -262,7 +267,7 @@ impl Store {
         )
         .bind(recipient)
         .bind(sender.as_bytes().as_slice())
-        .fetch_one(&self.reader)
+        .fetch_one(&mut *self.readers.get().await?)
         .await?;
         Ok(count(n))
     }
@@ -271,7 +276,7 @@ impl Store {
     pub async fn attachment_exists(&self, id: &AttachmentId) -> Result<bool> {
         let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM attachments WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.readers.get().await?)
             .await?;
         Ok(row.is_some())
     }
@@ -300,4 +305,33 @@ pub(super) async fn delete_unreferenced_attachments(
         }
     }
     Ok(orphans)
+}
+
+/// Decodes SQLite's `hex()` of a 32-byte key.
+fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_hex32;
+
+    #[test]
+    fn decodes_sqlite_hex() {
+        let key: [u8; 32] = std::array::from_fn(|i| (i * 8 + 3) as u8);
+        let text: String = key.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(decode_hex32(&text), Some(key));
+        assert_eq!(decode_hex32(&text.to_lowercase()), Some(key));
+        assert_eq!(decode_hex32(&text[1..]), None);
+        assert_eq!(decode_hex32(&format!("{}zz", &text[2..])), None);
+    }
 }

@@ -35,7 +35,7 @@ impl Store {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.readers.get().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -60,34 +60,37 @@ impl Store {
     pub async fn next_push_due(&self) -> Result<Option<Millis>> {
         let (next,): (Option<Millis>,) =
             sqlx::query_as("SELECT MIN(next_attempt_at) FROM push_outbox")
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.readers.get().await?)
                 .await?;
         Ok(next)
     }
 
     pub async fn outbox_depth(&self) -> Result<u64> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM push_outbox")
-            .fetch_one(&self.reader)
+            .fetch_one(&mut *self.readers.get().await?)
             .await?;
         Ok(n.max(0) as u64)
     }
 
     /// A push went out (or will never): forget it.
     pub async fn delete_push(&self, id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM push_outbox WHERE id = $1")
-            .bind(id)
-            .execute(&self.writer)
+        self.writer
+            .execute(sqlx::query("DELETE FROM push_outbox WHERE id = $1").bind(id))
             .await?;
         Ok(())
     }
 
     /// Tries a push again at `at`.
     pub async fn reschedule_push(&self, id: i64, attempts: i64, at: Millis) -> Result<()> {
-        sqlx::query("UPDATE push_outbox SET attempts = $2, next_attempt_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(attempts)
-            .bind(at)
-            .execute(&self.writer)
+        self.writer
+            .execute(
+                sqlx::query(
+                    "UPDATE push_outbox SET attempts = $2, next_attempt_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(attempts)
+                .bind(at),
+            )
             .await?;
         Ok(())
     }

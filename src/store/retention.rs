@@ -30,14 +30,17 @@ impl Store {
 
     /// Deletes up to one batch of exchanges created before `cutoff`.
     pub async fn expire_exchanges_batch(&self, cutoff: Millis) -> Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM exchanges WHERE token IN \
+        let done = self
+            .writer
+            .execute(
+                sqlx::query(
+                    "DELETE FROM exchanges WHERE token IN \
              (SELECT token FROM exchanges WHERE created_at < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(BATCH)
-        .execute(&self.writer)
-        .await?;
+                )
+                .bind(cutoff)
+                .bind(BATCH),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -50,28 +53,28 @@ impl Store {
         )
         .bind(cutoff)
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.readers.get().await?)
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Deletes daily statistics older than 7 days before `now`.
     pub async fn expire_stats(&self, now: Millis) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM daily_stats WHERE day <= $1")
-            .bind(day_of(now) - 7)
-            .execute(&self.writer)
+        let done = self
+            .writer
+            .execute(sqlx::query("DELETE FROM daily_stats WHERE day <= $1").bind(day_of(now) - 7))
             .await?;
         Ok(done.rows_affected())
     }
 
     /// Deletes up to one batch of pushes whose TTL has passed.
     pub async fn expire_outbox_batch(&self, now: Millis) -> Result<u64> {
-        let done = sqlx::query(
+        let done = self.writer.execute(sqlx::query(
             "DELETE FROM push_outbox WHERE id IN (SELECT id FROM push_outbox WHERE expires_at <= $1 LIMIT $2)",
         )
         .bind(now)
         .bind(BATCH)
-        .execute(&self.writer)
+        )
         .await?;
         Ok(done.rows_affected())
     }
@@ -79,12 +82,14 @@ impl Store {
     /// Deletes attachment rows that no parcel references (there should be
     /// none; a crash between two statements could leave one).
     pub async fn unreferenced_attachments(&self) -> Result<Vec<AttachmentId>> {
+        let mut tx = self.writer.begin().await?;
         let rows: Vec<(String,)> = sqlx::query_as(
             "DELETE FROM attachments WHERE NOT EXISTS \
              (SELECT 1 FROM parcels WHERE parcels.attachment_id = attachments.id) RETURNING id",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows
             .into_iter()
             .filter_map(|(id,)| AttachmentId::parse(&id).ok())
@@ -94,7 +99,7 @@ impl Store {
     /// The ids of every attachment row.
     pub async fn attachment_ids(&self) -> Result<std::collections::HashSet<String>> {
         let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM attachments")
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.readers.get().await?)
             .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -107,7 +112,7 @@ impl Store {
         })?;
         sqlx::query("VACUUM INTO $1")
             .bind(path)
-            .execute(&self.reader)
+            .execute(&mut *self.readers.get().await?)
             .await?;
         Ok(())
     }

@@ -11,17 +11,19 @@ impl Store {
         key: &str,
         make: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO server_config (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
         )
         .bind(key)
         .bind(make())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
         let (value,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM server_config WHERE key = $1")
             .bind(key)
-            .fetch_one(&self.writer)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(value)
     }
 }

@@ -30,17 +30,17 @@ impl Store {
         )
         .bind(now - 7 * DAY)
         .bind(now - 30 * DAY)
-        .fetch_one(&self.reader)
+        .fetch_one(&mut *self.readers.get().await?)
         .await?;
         let (waiting,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM parcels WHERE type = 'MEDIA'")
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.readers.get().await?)
                 .await?;
         let (received,): (i64,) = sqlx::query_as(
             "SELECT COALESCE(SUM(media_received), 0) FROM daily_stats WHERE day > $1",
         )
         .bind(day_of(now) - 7)
-        .fetch_one(&self.reader)
+        .fetch_one(&mut *self.readers.get().await?)
         .await?;
         Ok(Statistics {
             users_total: count(total),

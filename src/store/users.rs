@@ -37,7 +37,7 @@ impl Store {
             "SELECT {USER_COLUMNS} FROM users WHERE public_key = $1"
         ))
         .bind(id.as_bytes().as_slice())
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.readers.get().await?)
         .await?;
         Ok(raw.and_then(user_row))
     }
@@ -48,7 +48,7 @@ impl Store {
             "SELECT contact_key FROM contacts WHERE user_id = $1 ORDER BY contact_key",
         )
         .bind(entry_id)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.readers.get().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -78,7 +78,7 @@ impl Store {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT 1 FROM push_subscriptions WHERE user_id = $1")
                 .bind(entry_id)
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.readers.get().await?)
                 .await?;
         Ok(row.is_some())
     }

@@ -73,6 +73,7 @@ impl AppState {
                 config.attachments_path.display()
             )
         })?;
+        let metrics = Metrics::with_database_commits(store.commit_counter());
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -80,7 +81,7 @@ impl AppState {
             clock,
             stats: Arc::default(),
             blobs,
-            metrics: Metrics::new(),
+            metrics,
             push_guard,
             push_wake: Arc::default(),
         })

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub push_outbox_depth: Gauge,
     pub retention_runs: Counter,
     pub retention_deleted: Family<KindLabels, Counter>,
+    pub database_commits: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +63,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_database_commits(Counter::default())
+    }
+
+    /// With the store's own commit counter (`Store::commit_counter`).
+    pub fn with_database_commits(database_commits: Counter) -> Self {
         let mut registry = Registry::with_prefix("piqchat");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -120,6 +126,11 @@ impl Metrics {
             "Completed retention runs",
             retention_runs.clone(),
         );
+        registry.register(
+            "database_commits",
+            "Database transactions committed; writes that arrive together share one",
+            database_commits.clone(),
+        );
         let retention_deleted = Family::<KindLabels, Counter>::default();
         registry.register(
             "retention_deleted",
@@ -138,6 +149,7 @@ impl Metrics {
             push_outbox_depth,
             retention_runs,
             retention_deleted,
+            database_commits,
         }
     }
 

@@ -78,6 +78,12 @@ impl Store {
         })
     }
 
+    /// Counts the database's commits; one commit holds every write that
+    /// arrived together (see `writer`).
+    pub fn commit_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.writer.commits()
+    }
+
     /// Commits what is pending and closes every connection.
     pub async fn close(&self) {
         self.writer.close().await;

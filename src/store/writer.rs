@@ -10,10 +10,11 @@
 //! holds its work, with that commit's outcome; on a failed commit every job
 //! in it is told so and none of them is on disk.
 //!
-//! Cancellation: a caller may be dropped at any await. An abandoned job is
-//! marked and rolled back by whoever holds the connection next, and the
-//! commit itself runs in its own task so that no caller's cancellation can
-//! interrupt it.
+//! Cancellation: a caller may be dropped at any await. Statements of the
+//! batch's own (BEGIN, SAVEPOINT, RELEASE, COMMIT) run in tasks of their own,
+//! so a cancellation never leaves the connection in a state the batch does
+//! not know about; a job abandoned between them is marked and rolled back by
+//! whoever holds the connection next.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -24,11 +25,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use sqlx::{
     Executor as _, SqliteConnection,
     sqlite::{SqliteArguments, SqliteQueryResult},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
 use crate::error::{Error, Result};
 
@@ -48,6 +50,8 @@ struct Inner {
     /// Callers queued for the connection: while there are any, the holder
     /// leaves the transaction open for them.
     waiting: AtomicUsize,
+    /// Successful commits so far (exported as a metric).
+    commits: Counter,
 }
 
 /// The outcome of one commit, shared by the jobs in it.
@@ -93,6 +97,7 @@ impl Writer {
                     done: watch::channel(None).0,
                 })),
                 waiting: AtomicUsize::new(0),
+                commits: Counter::default(),
             }),
         }
     }
@@ -101,14 +106,24 @@ impl Writer {
     /// transaction and sets the job's savepoint.
     pub(super) async fn begin(&self) -> Result<WriteTx> {
         let mut batch = self.inner.lock().await;
-        if let Err(e) = batch.prepare().await {
-            self.inner.release(batch);
-            return Err(e);
-        }
-        Ok(WriteTx {
-            batch: Some(batch),
-            inner: self.inner.clone(),
-        })
+        let inner = self.inner.clone();
+        let (reply, tx) = oneshot::channel();
+        // The connection's own statements run where no caller's cancellation
+        // can cut them short (see the module comment).
+        spawn_detached(async move {
+            match batch.prepare().await {
+                // A caller gone meanwhile drops its `WriteTx`: rolled back.
+                Ok(()) => drop(reply.send(Ok(WriteTx {
+                    batch: Some(batch),
+                    inner,
+                }))),
+                Err(e) => {
+                    inner.release(batch);
+                    let _ = reply.send(Err(e));
+                }
+            }
+        });
+        tx.await.map_err(|_| stopped())?
     }
 
     /// Runs one statement as a job of its own.
@@ -133,8 +148,13 @@ impl Writer {
             }
             // In a task of its own, so that dropping this caller cannot cut
             // the commit short; then look again.
-            let _ = tokio::spawn(finish(batch)).await;
+            let _ = tokio::spawn(finish(batch, self.inner.clone())).await;
         }
+    }
+
+    /// Counts the transactions committed (each holds one or more jobs).
+    pub(super) fn commits(&self) -> Counter {
+        self.inner.commits.clone()
     }
 
     /// Commits what is open and closes the connection.
@@ -168,7 +188,7 @@ impl Inner {
         let full = batch.jobs >= MAX_JOBS || batch.opened_at.elapsed() >= MAX_AGE;
         let due = batch.open && (alone || (full && batch.jobs > 0));
         if due || (batch.abandoned && alone) {
-            spawn_detached(finish(batch));
+            spawn_detached(finish(batch, self.clone()));
         }
     }
 }
@@ -207,7 +227,7 @@ fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
 
 /// Rolls back an abandoned job, then commits the open transaction (or, with
 /// no job in it, rolls it back) and tells its jobs the outcome.
-async fn finish(mut batch: OwnedMutexGuard<Batch>) {
+async fn finish(mut batch: OwnedMutexGuard<Batch>, inner: Arc<Inner>) {
     batch.settle().await;
     if !batch.open {
         return;
@@ -217,7 +237,10 @@ async fn finish(mut batch: OwnedMutexGuard<Batch>) {
         return;
     }
     let outcome = match batch.run("COMMIT").await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            inner.commits.inc();
+            Ok(())
+        }
         Err(e) => {
             tracing::error!(error = %e, jobs = batch.jobs, "a database commit failed");
             Err(Arc::from(e.to_string()))
@@ -280,34 +303,35 @@ impl Batch {
 impl WriteTx {
     /// Keeps this job's work; returns once it is on disk.
     pub(super) async fn commit(mut self) -> Result<()> {
-        let released = self.run_on_batch("RELEASE job").await;
         let mut batch = self.batch.take().expect("present until commit or drop");
-        if let Err(e) = released {
-            batch.abandoned = true;
-            self.inner.release(batch);
-            return Err(e);
-        }
-        batch.jobs += 1;
-        let mut outcome = batch.done.subscribe();
-        self.inner.release(batch);
+        let inner = self.inner.clone();
+        let (reply, joined) = oneshot::channel();
+        spawn_detached(async move {
+            match batch.run("RELEASE job").await {
+                Ok(()) => {
+                    batch.jobs += 1;
+                    let outcome = batch.done.subscribe();
+                    inner.release(batch);
+                    let _ = reply.send(Ok(outcome));
+                }
+                Err(e) => {
+                    batch.abandoned = true;
+                    inner.release(batch);
+                    let _ = reply.send(Err(e));
+                }
+            }
+        });
+        let mut outcome = joined.await.map_err(|_| stopped())??;
         let outcome = outcome
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::internal("the database writer stopped"))?
+            .map_err(|_| stopped())?
             .clone();
         match outcome {
             Some(Ok(())) => Ok(()),
             Some(Err(message)) => Err(Error::internal(format!("commit failed: {message}"))),
-            None => Err(Error::internal("the database writer stopped")),
+            None => Err(stopped()),
         }
-    }
-
-    async fn run_on_batch(&mut self, sql: &'static str) -> Result<()> {
-        self.batch
-            .as_mut()
-            .expect("present until commit or drop")
-            .run(sql)
-            .await
     }
 }
 
@@ -348,6 +372,177 @@ impl DerefMut for SoloConn {
     }
 }
 
+fn stopped() -> Error {
+    Error::internal("the database writer stopped")
+}
+
 fn closed() -> Error {
     Error::Unavailable("the database is closed".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::{ConnectOptions as _, SqliteConnection, sqlite::SqliteConnectOptions};
+
+    use super::Writer;
+
+    struct Db {
+        _dir: tempfile::TempDir,
+        options: SqliteConnectOptions,
+        writer: Writer,
+    }
+
+    async fn db() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("w.sqlite"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut conn = options.connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Db {
+            _dir: dir,
+            writer: Writer::new(conn),
+            options,
+        }
+    }
+
+    /// The committed keys, read on a connection of its own.
+    async fn committed(options: &SqliteConnectOptions) -> Vec<i64> {
+        let mut conn: SqliteConnection = options.connect().await.unwrap();
+        sqlx::query_scalar("SELECT k FROM t ORDER BY k")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn insert(writer: &Writer, k: i64) -> crate::error::Result<()> {
+        let mut tx = writer.begin().await?;
+        sqlx::query("INSERT INTO t (k, v) VALUES ($1, 'x')")
+            .bind(k)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_all_land() {
+        let db = db().await;
+        let tasks: Vec<_> = (0..200)
+            .map(|k| {
+                let writer = db.writer.clone();
+                tokio::spawn(async move { insert(&writer, k).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(committed(&db.options).await, (0..200).collect::<Vec<_>>());
+        let commits = db.writer.commits().get();
+        assert!(
+            (1..200).contains(&commits),
+            "200 concurrent writes took {commits} commits"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_job_is_rolled_back_alone() {
+        let db = db().await;
+        insert(&db.writer, 1).await.unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let writer = db.writer.clone();
+                tokio::spawn(async move {
+                    let mut tx = writer.begin().await?;
+                    // Every third job writes a fresh row, then hits the
+                    // duplicate key 1 and fails.
+                    sqlx::query("INSERT INTO t (k, v) VALUES ($1, 'y')")
+                        .bind(100 + i)
+                        .execute(&mut *tx)
+                        .await?;
+                    if i % 3 == 0 {
+                        sqlx::query("INSERT INTO t (k, v) VALUES (1, 'dup')")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for task in tasks {
+            if task.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 17);
+        let expected: Vec<i64> = std::iter::once(1)
+            .chain((0..50).filter(|i| i % 3 != 0).map(|i| 100 + i))
+            .collect();
+        assert_eq!(committed(&db.options).await, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_job_is_rolled_back_and_the_others_commit() {
+        let db = db().await;
+        // A job dropped after writing, with nobody else around.
+        {
+            let mut tx = db.writer.begin().await.unwrap();
+            sqlx::query("INSERT INTO t (k, v) VALUES (7, 'gone')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        insert(&db.writer, 8).await.unwrap();
+        // Callers cancelled at every stage, among ones that finish.
+        let mut tasks = Vec::new();
+        for k in 10..60 {
+            let writer = db.writer.clone();
+            tasks.push(tokio::spawn(async move { insert(&writer, k).await }));
+        }
+        for task in tasks.iter().step_by(4) {
+            task.abort();
+        }
+        let mut landed = vec![8];
+        for (k, task) in (10..60).zip(tasks) {
+            if let Ok(done) = task.await {
+                done.unwrap();
+                landed.push(k);
+            }
+        }
+        // Every finished write is there and the abandoned one is not; an
+        // aborted one may or may not have landed.
+        let rows = tokio::time::timeout(Duration::from_secs(10), async {
+            // The writer is not stuck: one more write goes through.
+            insert(&db.writer, 1000).await.unwrap();
+            committed(&db.options).await
+        })
+        .await
+        .expect("the writer keeps going after cancelled callers");
+        assert!(!rows.contains(&7));
+        for k in landed.iter().chain([&1000]) {
+            assert!(rows.contains(k), "{k} is missing");
+        }
+    }
+
+    #[tokio::test]
+    async fn solo_runs_outside_a_transaction_after_pending_work() {
+        let db = db().await;
+        insert(&db.writer, 1).await.unwrap();
+        let mut conn = db.writer.solo().await.unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        db.writer.close().await;
+        assert_eq!(committed(&db.options).await, vec![1]);
+        let closed = db.writer.begin().await;
+        assert!(closed.is_err(), "a closed writer refuses work");
+    }
 }

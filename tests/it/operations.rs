@@ -93,6 +93,11 @@ async fn metrics_count_requests_auth_failures_and_parcels_on_the_admin_address()
         value(&text, "piqchat_parcels_deleted_total{reason=\"recipient\"}"),
         1.0
     );
+    // Sign-ups, contacts, the send and the delete each committed.
+    assert!(
+        value(&text, "piqchat_database_commits_total") >= 4.0,
+        "{text}"
+    );
     // No ids, tokens or content in any label.
     for secret in [alice.id(), bob.id()] {
         assert!(!text.contains(&secret));

@@ -2,19 +2,23 @@
 //!
 //! Every acknowledged write must be on disk (`synchronous=FULL`), and an
 //! fsync costs far more than the statements before it. So writes that arrive
-//! together share one transaction and one fsync: each caller's work runs in
-//! its own savepoint inside the open transaction (a failed or abandoned one
-//! is rolled back alone), and the transaction commits when nobody else is
-//! queued for the connection, or when it holds `MAX_JOBS` jobs or is
+//! together share one transaction and one fsync: each caller's work (a
+//! "job") runs in a savepoint inside the open transaction, so a failed or
+//! abandoned job is rolled back alone. The transaction commits when nobody
+//! else is queued for the connection, or when it holds `MAX_JOBS` jobs or is
 //! `MAX_AGE` old. A caller's `commit` returns only after the commit that
-//! holds its work, with that commit's outcome; on a failed commit every job
-//! in it is told so and none of them is on disk.
+//! holds its work, with that commit's outcome; when a commit fails, every
+//! job in it is told so and none of them is on disk.
 //!
-//! Cancellation: a caller may be dropped at any await. Statements of the
-//! batch's own (BEGIN, SAVEPOINT, RELEASE, COMMIT) run in tasks of their own,
-//! so a cancellation never leaves the connection in a state the batch does
-//! not know about; a job abandoned between them is marked and rolled back by
-//! whoever holds the connection next.
+//! The savepoint is named `job` and reused: a kept job's `RELEASE` runs
+//! together with the next job's `SAVEPOINT` (or is implied by `COMMIT`), and
+//! an abandoned job's `ROLLBACK TO` leaves an empty savepoint for the next
+//! job. So a job costs one extra statement on the connection.
+//!
+//! Cancellation: a caller may be dropped at any await. The batch's own
+//! statements run in tasks of their own, so a cancellation never leaves the
+//! connection in a state the batch does not know about; a job dropped before
+//! `commit` is rolled back by whoever holds the connection next.
 
 use std::{
     ops::{Deref, DerefMut},
@@ -57,16 +61,25 @@ struct Inner {
 /// The outcome of one commit, shared by the jobs in it.
 type Outcome = Result<(), Arc<str>>;
 
+/// What became of the last job's savepoint in the open transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// Kept; its `RELEASE` is still to run (or `COMMIT` implies it).
+    Kept,
+    /// Dropped before `commit`; its `ROLLBACK TO` is still to run.
+    Abandoned,
+    /// A job is running in it.
+    Running,
+}
+
 struct Batch {
     conn: Option<SqliteConnection>,
-    /// A transaction is open (`BEGIN IMMEDIATE` ran).
+    /// A transaction is open, with the savepoint `job` in it.
     open: bool,
     opened_at: Instant,
-    /// Jobs released into the open transaction.
+    last: Last,
+    /// Jobs kept in the open transaction.
     jobs: usize,
-    /// The current job's savepoint was abandoned and must be rolled back
-    /// before anything else runs.
-    abandoned: bool,
     /// Tells the open transaction's jobs how its commit went.
     done: watch::Sender<Option<Outcome>>,
 }
@@ -92,8 +105,8 @@ impl Writer {
                     conn: Some(conn),
                     open: false,
                     opened_at: Instant::now(),
+                    last: Last::Kept,
                     jobs: 0,
-                    abandoned: false,
                     done: watch::channel(None).0,
                 })),
                 waiting: AtomicUsize::new(0),
@@ -102,14 +115,12 @@ impl Writer {
         }
     }
 
-    /// Starts a job: waits for the connection, joins (or opens) the
-    /// transaction and sets the job's savepoint.
+    /// Starts a job: waits for the connection, then joins (or opens) the
+    /// transaction.
     pub(super) async fn begin(&self) -> Result<WriteTx> {
         let mut batch = self.inner.lock().await;
         let inner = self.inner.clone();
         let (reply, tx) = oneshot::channel();
-        // The connection's own statements run where no caller's cancellation
-        // can cut them short (see the module comment).
         spawn_detached(async move {
             match batch.prepare().await {
                 // A caller gone meanwhile drops its `WriteTx`: rolled back.
@@ -127,13 +138,43 @@ impl Writer {
     }
 
     /// Runs one statement as a job of its own.
+    ///
+    /// While the last job in the open transaction was kept, the statement
+    /// runs straight in that job's savepoint, saving the round trip of a
+    /// savepoint of its own: one statement is atomic by itself (SQLite undoes
+    /// a failed statement alone), and an error that ends the whole
+    /// transaction shows at the next `RELEASE` or `COMMIT`, which then fails
+    /// the batch. A caller cancelled meanwhile leaves the statement either
+    /// run or not, as with any request whose answer is lost.
     pub(super) async fn execute<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
     ) -> Result<SqliteQueryResult> {
-        let mut tx = self.begin().await?;
-        let done = query.execute(&mut *tx).await?;
-        tx.commit().await?;
+        let batch = self.inner.lock().await;
+        if !(batch.open && batch.last == Last::Kept) {
+            drop(batch);
+            let mut tx = self.begin().await?;
+            let done = query.execute(&mut *tx).await?;
+            tx.commit().await?;
+            return Ok(done);
+        }
+        let mut held = Held {
+            batch: Some(batch),
+            inner: self.inner.clone(),
+        };
+        let done = query.execute(held.conn()?).await;
+        let mut batch = held.batch.take().expect("held until here");
+        let done = match done {
+            Ok(done) => done,
+            Err(e) => {
+                self.inner.release(batch);
+                return Err(e.into());
+            }
+        };
+        batch.jobs += 1;
+        let outcome = batch.done.subscribe();
+        self.inner.release(batch);
+        wait_for_commit(outcome).await?;
         Ok(done)
     }
 
@@ -142,7 +183,7 @@ impl Writer {
     pub(super) async fn solo(&self) -> Result<SoloConn> {
         loop {
             let batch = self.inner.lock().await;
-            if !batch.open && !batch.abandoned {
+            if !batch.open {
                 batch.conn.as_ref().ok_or_else(closed)?;
                 return Ok(SoloConn { batch });
             }
@@ -186,8 +227,7 @@ impl Inner {
     fn release(self: &Arc<Self>, batch: OwnedMutexGuard<Batch>) {
         let alone = self.waiting.load(Ordering::SeqCst) == 0;
         let full = batch.jobs >= MAX_JOBS || batch.opened_at.elapsed() >= MAX_AGE;
-        let due = batch.open && (alone || (full && batch.jobs > 0));
-        if due || (batch.abandoned && alone) {
+        if batch.open && (alone || full) {
             spawn_detached(finish(batch, self.clone()));
         }
     }
@@ -225,20 +265,25 @@ fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
-/// Rolls back an abandoned job, then commits the open transaction (or, with
-/// no job in it, rolls it back) and tells its jobs the outcome.
+/// Ends the open transaction: commits its kept jobs (after rolling back an
+/// abandoned last one), or rolls back when none was kept, and tells the
+/// jobs the outcome.
 async fn finish(mut batch: OwnedMutexGuard<Batch>, inner: Arc<Inner>) {
-    batch.settle().await;
     if !batch.open {
         return;
     }
     if batch.jobs == 0 {
-        batch.end(Ok(()), "ROLLBACK").await;
+        batch.end(Ok(())).await;
         return;
     }
-    let outcome = match batch.run("COMMIT").await {
+    let sql = match batch.last {
+        Last::Abandoned => "ROLLBACK TO job; COMMIT",
+        _ => "COMMIT",
+    };
+    let outcome = match batch.run(sql).await {
         Ok(()) => {
             inner.commits.inc();
+            batch.open = false;
             Ok(())
         }
         Err(e) => {
@@ -246,10 +291,7 @@ async fn finish(mut batch: OwnedMutexGuard<Batch>, inner: Arc<Inner>) {
             Err(Arc::from(e.to_string()))
         }
     };
-    // After a successful COMMIT nothing is open; after a failed one the
-    // ROLLBACK makes sure nothing of the batch stays behind.
-    let undo = if outcome.is_ok() { "" } else { "ROLLBACK" };
-    batch.end(outcome, undo).await;
+    batch.end(outcome).await;
 }
 
 impl Batch {
@@ -262,36 +304,43 @@ impl Batch {
         Ok(())
     }
 
-    /// Makes the connection ready for a job.
+    /// Makes the savepoint `job` ready for a job, in one round trip.
     async fn prepare(&mut self) -> Result<()> {
-        self.settle().await;
-        if !self.open {
-            self.run("BEGIN IMMEDIATE").await?;
-            self.open = true;
-            self.opened_at = Instant::now();
+        if self.open {
+            let sql = match self.last {
+                Last::Kept => "RELEASE job; SAVEPOINT job",
+                Last::Abandoned | Last::Running => "ROLLBACK TO job",
+            };
+            match self.run(sql).await {
+                Ok(()) => {
+                    self.last = Last::Running;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // SQLite ended the transaction (it does on some errors):
+                    // the kept jobs are gone. Start afresh for this one.
+                    tracing::error!(error = %e, "the open transaction failed; its writes are dropped");
+                    self.end(Err(Arc::from(e.to_string()))).await;
+                }
+            }
         }
-        self.run("SAVEPOINT job").await
+        if let Err(e) = self.run("BEGIN IMMEDIATE; SAVEPOINT job").await {
+            // Whatever of it ran is undone.
+            let _ = self.run("ROLLBACK").await;
+            return Err(e);
+        }
+        self.open = true;
+        self.opened_at = Instant::now();
+        self.last = Last::Running;
+        Ok(())
     }
 
-    /// Rolls back an abandoned job's savepoint. If that fails the
-    /// transaction is gone (SQLite ends it on some errors), so the whole
-    /// batch is reported failed.
-    async fn settle(&mut self) {
-        if !self.abandoned {
-            return;
-        }
-        self.abandoned = false;
-        if let Err(e) = self.run("ROLLBACK TO job; RELEASE job").await {
-            tracing::error!(error = %e, "rolling back a write failed; the batch is dropped");
-            self.end(Err(Arc::from(e.to_string())), "ROLLBACK").await;
-        }
-    }
-
-    /// Ends the transaction with `undo` (if any) and reports `outcome`.
-    async fn end(&mut self, outcome: Outcome, undo: &'static str) {
-        if !undo.is_empty() {
+    /// Ends the transaction (rolling back whatever is still open) and
+    /// reports `outcome` to its jobs.
+    async fn end(&mut self, outcome: Outcome) {
+        if self.open {
             // Fails only when SQLite already ended the transaction.
-            let _ = self.run(undo).await;
+            let _ = self.run("ROLLBACK").await;
         }
         self.open = false;
         self.jobs = 0;
@@ -304,33 +353,45 @@ impl WriteTx {
     /// Keeps this job's work; returns once it is on disk.
     pub(super) async fn commit(mut self) -> Result<()> {
         let mut batch = self.batch.take().expect("present until commit or drop");
-        let inner = self.inner.clone();
-        let (reply, joined) = oneshot::channel();
-        spawn_detached(async move {
-            match batch.run("RELEASE job").await {
-                Ok(()) => {
-                    batch.jobs += 1;
-                    let outcome = batch.done.subscribe();
-                    inner.release(batch);
-                    let _ = reply.send(Ok(outcome));
-                }
-                Err(e) => {
-                    batch.abandoned = true;
-                    inner.release(batch);
-                    let _ = reply.send(Err(e));
-                }
-            }
-        });
-        let mut outcome = joined.await.map_err(|_| stopped())??;
-        let outcome = outcome
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| stopped())?
-            .clone();
-        match outcome {
-            Some(Ok(())) => Ok(()),
-            Some(Err(message)) => Err(Error::internal(format!("commit failed: {message}"))),
-            None => Err(stopped()),
+        batch.last = Last::Kept;
+        batch.jobs += 1;
+        let outcome = batch.done.subscribe();
+        self.inner.release(batch);
+        wait_for_commit(outcome).await
+    }
+}
+
+/// Waits for the commit of the transaction behind `outcome`.
+async fn wait_for_commit(mut outcome: watch::Receiver<Option<Outcome>>) -> Result<()> {
+    let outcome = outcome
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| stopped())?
+        .clone();
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(message)) => Err(Error::internal(format!("commit failed: {message}"))),
+        None => Err(stopped()),
+    }
+}
+
+/// The connection held by a single-statement job; handed on when dropped,
+/// also when the caller is cancelled.
+struct Held {
+    batch: Option<OwnedMutexGuard<Batch>>,
+    inner: Arc<Inner>,
+}
+
+impl Held {
+    fn conn(&mut self) -> Result<&mut SqliteConnection> {
+        self.batch.as_mut().expect("held until taken").conn()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            self.inner.release(batch);
         }
     }
 }
@@ -338,7 +399,7 @@ impl WriteTx {
 impl Drop for WriteTx {
     fn drop(&mut self) {
         if let Some(mut batch) = self.batch.take() {
-            batch.abandoned = true;
+            batch.last = Last::Abandoned;
             self.inner.release(batch);
         }
     }
@@ -528,6 +589,43 @@ mod tests {
         for k in landed.iter().chain([&1000]) {
             assert!(rows.contains(k), "{k} is missing");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn single_statements_join_kept_jobs_and_fail_alone() {
+        let db = db().await;
+        insert(&db.writer, 1).await.unwrap();
+        let tasks: Vec<_> = (0..60)
+            .map(|i| {
+                let writer = db.writer.clone();
+                tokio::spawn(async move {
+                    match i % 3 {
+                        // A job with a savepoint of its own.
+                        0 => insert(&writer, 100 + i).await.map(|_| ()),
+                        // A lone statement.
+                        1 => writer
+                            .execute(
+                                sqlx::query("INSERT INTO t (k, v) VALUES ($1, 's')").bind(100 + i),
+                            )
+                            .await
+                            .map(|_| ()),
+                        // A lone statement that fails (duplicate key).
+                        _ => writer
+                            .execute(sqlx::query("INSERT INTO t (k, v) VALUES (1, 'dup')"))
+                            .await
+                            .map(|_| ()),
+                    }
+                })
+            })
+            .collect();
+        for (i, task) in (0..60).zip(tasks) {
+            let done = task.await.unwrap();
+            assert_eq!(done.is_ok(), i % 3 != 2, "job {i}: {done:?}");
+        }
+        let expected: Vec<i64> = std::iter::once(1)
+            .chain((0..60).filter(|i| i % 3 != 2).map(|i| 100 + i))
+            .collect();
+        assert_eq!(committed(&db.options).await, expected);
     }
 
     #[tokio::test]

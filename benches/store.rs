@@ -71,14 +71,14 @@ fn store(c: &mut Criterion) {
                 },
                 |first| {
                     let new = NewParcels {
-                        sender: &sender,
-                        kind: "MEDIA",
+                        sender,
+                        kind: "MEDIA".into(),
                         attachment: attachment.then(|| (AttachmentId::random(), 102_400)),
                         parcels: (0..per_send)
                             .map(|k| NewParcel {
                                 id: ParcelId::random(),
                                 recipient: recipients[(first + k) % USERS],
-                                content: &content,
+                                content: content.clone(),
                             })
                             .collect(),
                         now: clock.now(),
@@ -86,7 +86,7 @@ fn store(c: &mut Criterion) {
                         max_waiting_attachment_bytes: u64::MAX,
                         push: None,
                     };
-                    rt.block_on(store.insert_parcels(&new))
+                    rt.block_on(store.insert_parcels(new))
                         .expect("insert")
                         .expect("within quota")
                 },

@@ -1831,19 +1831,19 @@ async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let mut batch_no = 0usize;
     while inserted < args.parcels {
         let n = (args.parcels - inserted).min(args.batch as u64);
-        let parcels: Vec<NewParcel<'_>> = (0..n)
+        let parcels: Vec<NewParcel> = (0..n)
             .map(|k| {
                 let i = inserted + k;
                 NewParcel {
                     id: piqchat_inbox::domain::ParcelId::random(),
                     recipient: entries[((i * users_n) / args.parcels) as usize],
-                    content: &contents[(i % 256) as usize],
+                    content: contents[(i % 256) as usize].clone(),
                 }
             })
             .collect();
         let new = NewParcels {
-            sender: &senders[batch_no % senders.len()],
-            kind: "MEDIA",
+            sender: senders[batch_no % senders.len()],
+            kind: "MEDIA".into(),
             attachment: None,
             parcels,
             now: clock.now(),
@@ -1852,7 +1852,7 @@ async fn seed(args: SeedArgs) -> anyhow::Result<()> {
             push: None,
         };
         store
-            .insert_parcels(&new)
+            .insert_parcels(new)
             .await?
             .map_err(|q| anyhow::anyhow!("quota refused the seed: {q:?}"))?;
         inserted += n;

@@ -162,17 +162,18 @@ pub async fn send(
         .map(|(id, entry)| NewParcel {
             id: ParcelId::random(),
             recipient: *entry,
-            content: &send
+            content: send
                 .recipients
                 .iter()
                 .find(|(r, _)| r == id)
                 .expect("accepting ⊆ recipients")
-                .1,
+                .1
+                .clone(),
         })
         .collect();
     let new = NewParcels {
-        sender: &caller.user_id,
-        kind: &send.kind,
+        sender: caller.user_id,
+        kind: send.kind.clone(),
         attachment,
         parcels,
         now,
@@ -188,7 +189,8 @@ pub async fn send(
             ttl,
         }),
     };
-    let stored = store.insert_parcels(&new).await;
+    let pushes_queued = new.push.is_some();
+    let stored = store.insert_parcels(new).await;
     let refused = match stored {
         Ok(Ok(())) => None,
         Ok(Err(quota)) => Some(Error::ResourceExhausted(match quota {
@@ -221,7 +223,7 @@ pub async fn send(
     Ok(Sent {
         delivered,
         forbidden,
-        pushes_queued: new.push.is_some(),
+        pushes_queued,
     })
 }
 

@@ -79,7 +79,10 @@ impl Store {
         entry_id: i64,
         now: Millis,
     ) -> Result<(u64, Vec<AttachmentId>)> {
-        let mut tx = self.writer.begin().await?;
+        let deleted = self
+            .writer
+            .run(move |tx| {
+                Box::pin(async move {
         let attachments: Vec<(String,)> = sqlx::query_as(
             "SELECT DISTINCT attachment_id FROM parcels WHERE recipient_id = $1 AND attachment_id IS NOT NULL",
         )
@@ -101,7 +104,7 @@ impl Store {
             sqlx::query(table).bind(entry_id).execute(&mut *tx).await?;
         }
         let orphans =
-            delete_unreferenced_attachments(&mut tx, attachments.into_iter().map(|(id,)| id))
+            delete_unreferenced_attachments(&mut *tx, attachments.into_iter().map(|(id,)| id))
                 .await?;
         sqlx::query(
             "UPDATE users SET public_key = NULL, last_seen_at = NULL, client_version = NULL, deleted_at = $2 \
@@ -111,9 +114,12 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        self.checkpoint().await;
         Ok((parcels, orphans))
+                })
+            })
+            .await?;
+        self.checkpoint().await;
+        Ok(deleted)
     }
 
     /// Moves the write-ahead log into the database file and truncates it, so
@@ -121,53 +127,69 @@ impl Store {
     /// linger in old WAL frames. Best effort: a busy reader only delays it.
     pub async fn checkpoint(&self) {
         // Outside any transaction: a checkpoint cannot run inside one.
-        let done = match self.writer.solo().await {
-            Ok(mut conn) => sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&mut *conn)
-                .await
-                .map_err(crate::error::Error::from),
-            Err(e) => Err(e),
-        };
+        let done = self
+            .writer
+            .solo(|conn| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await;
         if let Err(e) = done {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
 
     pub async fn put_backup(&self, entry_id: i64, content: &str, now: Millis) -> Result<()> {
-        self.writer.execute(sqlx::query(
-            "INSERT INTO backups (user_id, content, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at",
-        )
-        .bind(entry_id)
-        .bind(content)
-        .bind(now)
-        )
-        .await?;
-        Ok(())
+        let content = content.to_owned();
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO backups (user_id, content, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(entry_id)
+                    .bind(content)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Reads a backup and records the read; returns the row as it was before.
     pub async fn read_backup(&self, entry_id: i64, now: Millis) -> Result<Option<BackupRow>> {
-        let mut tx = self.writer.begin().await?;
-        let row: Option<(String, Millis, Option<Millis>)> = sqlx::query_as(
-            "SELECT content, updated_at, last_read_at FROM backups WHERE user_id = $1",
-        )
-        .bind(entry_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if row.is_some() {
-            sqlx::query("UPDATE backups SET last_read_at = $2 WHERE user_id = $1")
-                .bind(entry_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(row.map(|(content, updated_at, last_read_at)| BackupRow {
-            content,
-            updated_at,
-            last_read_at,
-        }))
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let row: Option<(String, Millis, Option<Millis>)> = sqlx::query_as(
+                        "SELECT content, updated_at, last_read_at FROM backups WHERE user_id = $1",
+                    )
+                    .bind(entry_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if row.is_some() {
+                        sqlx::query("UPDATE backups SET last_read_at = $2 WHERE user_id = $1")
+                            .bind(entry_id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Ok(row.map(|(content, updated_at, last_read_at)| BackupRow {
+                        content,
+                        updated_at,
+                        last_read_at,
+                    }))
+                })
+            })
+            .await
     }
 
     pub async fn put_push_subscription(
@@ -176,7 +198,10 @@ impl Store {
         sub: &PushSubscriptionRow,
         now: Millis,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let sub = sub.clone();
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
         // Pushes queued for an earlier subscription would go nowhere useful.
         sqlx::query("DELETE FROM push_outbox WHERE user_id = $1")
             .bind(entry_id)
@@ -198,21 +223,27 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
+                })
+            })
+            .await
     }
 
     /// Removes a user's push subscription and its pending pushes.
     pub async fn delete_push_subscription(&self, entry_id: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        for sql in [
-            "DELETE FROM push_outbox WHERE user_id = $1",
-            "DELETE FROM push_subscriptions WHERE user_id = $1",
-        ] {
-            sqlx::query(sql).bind(entry_id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    for sql in [
+                        "DELETE FROM push_outbox WHERE user_id = $1",
+                        "DELETE FROM push_subscriptions WHERE user_id = $1",
+                    ] {
+                        sqlx::query(sql).bind(entry_id).execute(&mut *tx).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn push_subscription(&self, entry_id: i64) -> Result<Option<PushSubscriptionRow>> {

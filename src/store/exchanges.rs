@@ -41,17 +41,25 @@ impl Store {
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
-        self.writer.execute(sqlx::query(
-            "INSERT INTO exchanges (token, creator_id, offer, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(token.to_string())
-        .bind(creator)
-        .bind(offer)
-        .bind(now)
-        .bind(expires_at)
-        )
-        .await?;
-        Ok(())
+        let (token, offer) = (token.to_string(), offer.to_owned());
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO exchanges (token, creator_id, offer, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(token)
+                    .bind(creator)
+                    .bind(offer)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// One of `creator`'s exchanges; another user's token finds nothing.
@@ -77,15 +85,20 @@ impl Store {
 
     /// Deletes one of `creator`'s exchanges; false when there was none.
     pub async fn delete_exchange(&self, token: &ExchangeToken, creator: i64) -> Result<bool> {
-        let done = self
-            .writer
-            .execute(
-                sqlx::query("DELETE FROM exchanges WHERE token = $1 AND creator_id = $2")
-                    .bind(token.to_string())
-                    .bind(creator),
-            )
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let token = token.to_string();
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let done =
+                        sqlx::query("DELETE FROM exchanges WHERE token = $1 AND creator_id = $2")
+                            .bind(token)
+                            .bind(creator)
+                            .execute(&mut *tx)
+                            .await?;
+                    Ok(done.rows_affected() > 0)
+                })
+            })
+            .await
     }
 
     /// Accepts an exchange and signs the acceptor up, in one transaction.
@@ -99,33 +112,37 @@ impl Store {
         now: Millis,
     ) -> Result<AcceptOutcome> {
         let token = token.to_string();
-        let mut tx = self.writer.begin().await?;
-        let won: Option<(String, Millis, Option<i64>)> = sqlx::query_as(
-            "UPDATE exchanges SET accepted_at = $1, answer = $2 \
+        let answer = answer.map(str::to_owned);
+        let sign_up = sign_up.copied();
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let won: Option<(String, Millis, Option<i64>)> = sqlx::query_as(
+                        "UPDATE exchanges SET accepted_at = $1, answer = $2 \
              WHERE token = $3 AND accepted_at IS NULL AND expires_at > $1 \
              RETURNING offer, expires_at, creator_id",
-        )
-        .bind(now)
-        .bind(answer)
-        .bind(&token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((offer, expires_at, creator)) = won else {
-            let found: Option<(Option<Millis>,)> =
-                sqlx::query_as("SELECT accepted_at FROM exchanges WHERE token = $1")
+                    )
+                    .bind(now)
+                    .bind(answer.as_deref())
                     .bind(&token)
                     .fetch_optional(&mut *tx)
                     .await?;
-            return Ok(match found {
-                None => AcceptOutcome::Unknown,
-                Some((Some(_),)) => AcceptOutcome::AlreadyAccepted,
-                Some((None,)) => AcceptOutcome::Expired,
-            });
-        };
-        let account_created = match sign_up {
-            None => None,
-            Some(user) => {
-                let inserted = sqlx::query(
+                    let Some((offer, expires_at, creator)) = won else {
+                        let found: Option<(Option<Millis>,)> =
+                            sqlx::query_as("SELECT accepted_at FROM exchanges WHERE token = $1")
+                                .bind(&token)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        return Ok(match found {
+                            None => AcceptOutcome::Unknown,
+                            Some((Some(_),)) => AcceptOutcome::AlreadyAccepted,
+                            Some((None,)) => AcceptOutcome::Expired,
+                        });
+                    };
+                    let account_created = match sign_up {
+                        None => None,
+                        Some(user) => {
+                            let inserted = sqlx::query(
                     "INSERT INTO users (public_key, invited_by, created_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (public_key) DO NOTHING",
                 )
@@ -134,15 +151,17 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                Some(inserted.rows_affected() == 1)
-            }
-        };
-        tx.commit().await?;
-        Ok(AcceptOutcome::Accepted {
-            offer,
-            expires_at,
-            account_created,
-        })
+                            Some(inserted.rows_affected() == 1)
+                        }
+                    };
+                    Ok(AcceptOutcome::Accepted {
+                        offer,
+                        expires_at,
+                        account_created,
+                    })
+                })
+            })
+            .await
     }
 
     /// Whether a sign-up invite (no creator) is still open.

@@ -1,10 +1,12 @@
 //! The only code that writes SQL. Typed functions per table over SQLite
 //! (`sqlx`, `$N` placeholders so a PostgreSQL backend can follow).
 //!
-//! Writes go through one connection (`writer`, with group commit): SQLite
-//! allows one writer at a time anyway, and a lone writer never hits
-//! `SQLITE_BUSY` when a read transaction upgrades to a write. Reads use
-//! connections of their own (`readers`; WAL lets them run beside the writer).
+//! Writes go through one connection on a thread of its own (`writer`, with
+//! group commit): SQLite allows one writer at a time anyway, and a lone
+//! writer never hits `SQLITE_BUSY` when a read transaction upgrades to a
+//! write. A write is a closure over that connection, so it owns what it
+//! binds. Reads use connections of their own (`readers`; WAL lets them run
+//! beside the writer).
 
 mod accounts;
 mod exchanges;
@@ -73,7 +75,7 @@ impl Store {
         sqlx::migrate!("./migrations").run(&mut writer).await?;
         let readers = Readers::open(&options, READERS).await?;
         Ok(Store {
-            writer: Writer::new(writer),
+            writer: Writer::start(writer)?,
             readers: Arc::new(readers),
         })
     }

@@ -8,18 +8,18 @@ use crate::{
 };
 
 /// One parcel to store, for one recipient.
-pub struct NewParcel<'a> {
+pub struct NewParcel {
     pub id: ParcelId,
     pub recipient: i64,
-    pub content: &'a str,
+    pub content: String,
 }
 
 /// Everything one send stores, in one transaction.
-pub struct NewParcels<'a> {
-    pub sender: &'a UserId,
-    pub kind: &'a str,
+pub struct NewParcels {
+    pub sender: UserId,
+    pub kind: String,
     pub attachment: Option<(AttachmentId, u64)>,
-    pub parcels: Vec<NewParcel<'a>>,
+    pub parcels: Vec<NewParcel>,
     pub now: Millis,
     /// Refuse (store nothing) when any recipient would pass these.
     pub max_waiting_parcels: u32,
@@ -75,79 +75,10 @@ impl Store {
     /// Stores the attachment row and every parcel in one transaction, after
     /// checking each recipient's quota inside it (the single writer makes the
     /// check exact). On `Err(QuotaExceeded)` nothing was stored.
-    pub async fn insert_parcels(&self, new: &NewParcels<'_>) -> Result<Result<(), QuotaExceeded>> {
-        let mut tx = self.writer.begin().await?;
-        for p in &new.parcels {
-            let (waiting, bytes): (i64, i64) = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(a.size), 0) FROM parcels p \
-                 LEFT JOIN attachments a ON a.id = p.attachment_id WHERE p.recipient_id = $1",
-            )
-            .bind(p.recipient)
-            .fetch_one(&mut *tx)
-            .await?;
-            if waiting >= i64::from(new.max_waiting_parcels) {
-                return Ok(Err(QuotaExceeded::Parcels {
-                    recipient: p.recipient,
-                }));
-            }
-            let adding = new.attachment.map_or(0, |(_, size)| size);
-            if bytes as u64 + adding > new.max_waiting_attachment_bytes {
-                return Ok(Err(QuotaExceeded::AttachmentBytes {
-                    recipient: p.recipient,
-                }));
-            }
-        }
-        if let Some((id, size)) = &new.attachment {
-            sqlx::query("INSERT INTO attachments (id, size, created_at) VALUES ($1, $2, $3)")
-                .bind(id.to_string())
-                .bind(*size as i64)
-                .bind(new.now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for p in &new.parcels {
-            sqlx::query(
-                "INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(p.id.to_string())
-            .bind(p.recipient)
-            .bind(new.sender.as_bytes().as_slice())
-            .bind(new.kind)
-            .bind(p.content)
-            .bind(new.attachment.map(|(id, _)| id.to_string()))
-            .bind(new.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(push) = &new.push {
-            for p in &new.parcels {
-                // Only recipients with a subscription get a row; the pushes
-                // commit (or not) with the parcels.
-                sqlx::query(
-                    "INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
-                     SELECT $1, $2, $3, $4, $3 WHERE EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = $1)",
-                )
-                .bind(p.recipient)
-                .bind(&push.payload)
-                .bind(new.now)
-                .bind(new.now + push.ttl)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if new.kind == "MEDIA" {
-            sqlx::query(
-                "INSERT INTO daily_stats (day, media_received) VALUES ($1, $2) \
-                 ON CONFLICT (day) DO UPDATE SET media_received = media_received + excluded.media_received",
-            )
-            .bind(day_of(new.now))
-            .bind(new.parcels.len() as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(()))
+    pub async fn insert_parcels(&self, new: NewParcels) -> Result<Result<(), QuotaExceeded>> {
+        self.writer
+            .run(move |tx| Box::pin(async move { insert_parcels(tx, &new).await }))
+            .await
     }
 
     /// A recipient's parcels, oldest first.
@@ -189,13 +120,23 @@ impl Store {
         now: Millis,
         client_version: Option<&str>,
     ) -> Result<()> {
-        self.writer.execute(sqlx::query("UPDATE users SET last_seen_at = $1, client_version = COALESCE($2, client_version) WHERE id = $3")
-            .bind(now)
-            .bind(client_version)
-            .bind(entry)
-            )
-            .await?;
-        Ok(())
+        let client_version = client_version.map(str::to_owned);
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE users SET last_seen_at = $1, \
+                         client_version = COALESCE($2, client_version) WHERE id = $3",
+                    )
+                    .bind(now)
+                    .bind(client_version)
+                    .bind(entry)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// The attachment of one of `recipient`'s parcels.
@@ -223,22 +164,27 @@ impl Store {
         parcel: &ParcelId,
         recipient: i64,
     ) -> Result<Option<Option<AttachmentId>>> {
-        let mut tx = self.writer.begin().await?;
-        let deleted: Option<(Option<String>,)> = sqlx::query_as(
+        let parcel = *parcel;
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let deleted: Option<(Option<String>,)> = sqlx::query_as(
             "DELETE FROM parcels WHERE id = $1 AND recipient_id = $2 RETURNING attachment_id",
         )
         .bind(parcel.to_string())
         .bind(recipient)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((attachment,)) = deleted else {
-            return Ok(None);
-        };
-        let orphan = delete_unreferenced_attachments(&mut tx, attachment)
-            .await?
-            .pop();
-        tx.commit().await?;
-        Ok(Some(orphan))
+                    let Some((attachment,)) = deleted else {
+                        return Ok(None);
+                    };
+                    let orphan = delete_unreferenced_attachments(&mut *tx, attachment)
+                        .await?
+                        .pop();
+                    Ok(Some(orphan))
+                })
+            })
+            .await
     }
 
     /// Whether `recipient` (a user id) is registered and has `sender` on its
@@ -280,6 +226,83 @@ impl Store {
             .await?;
         Ok(row.is_some())
     }
+}
+
+/// The work of `Store::insert_parcels`, on the writer's connection.
+async fn insert_parcels(
+    tx: &mut sqlx::SqliteConnection,
+    new: &NewParcels,
+) -> Result<Result<(), QuotaExceeded>> {
+    for p in &new.parcels {
+        let (waiting, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(a.size), 0) FROM parcels p \
+             LEFT JOIN attachments a ON a.id = p.attachment_id WHERE p.recipient_id = $1",
+        )
+        .bind(p.recipient)
+        .fetch_one(&mut *tx)
+        .await?;
+        if waiting >= i64::from(new.max_waiting_parcels) {
+            return Ok(Err(QuotaExceeded::Parcels {
+                recipient: p.recipient,
+            }));
+        }
+        let adding = new.attachment.map_or(0, |(_, size)| size);
+        if bytes as u64 + adding > new.max_waiting_attachment_bytes {
+            return Ok(Err(QuotaExceeded::AttachmentBytes {
+                recipient: p.recipient,
+            }));
+        }
+    }
+    if let Some((id, size)) = &new.attachment {
+        sqlx::query("INSERT INTO attachments (id, size, created_at) VALUES ($1, $2, $3)")
+            .bind(id.to_string())
+            .bind(*size as i64)
+            .bind(new.now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for p in &new.parcels {
+        sqlx::query(
+            "INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(p.id.to_string())
+        .bind(p.recipient)
+        .bind(new.sender.as_bytes().as_slice())
+        .bind(&new.kind)
+        .bind(&p.content)
+        .bind(new.attachment.map(|(id, _)| id.to_string()))
+        .bind(new.now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(push) = &new.push {
+        for p in &new.parcels {
+            // Only recipients with a subscription get a row; the pushes
+            // commit (or not) with the parcels.
+            sqlx::query(
+                "INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
+                 SELECT $1, $2, $3, $4, $3 WHERE EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = $1)",
+            )
+            .bind(p.recipient)
+            .bind(&push.payload)
+            .bind(new.now)
+            .bind(new.now + push.ttl)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    if new.kind == "MEDIA" {
+        sqlx::query(
+            "INSERT INTO daily_stats (day, media_received) VALUES ($1, $2) \
+             ON CONFLICT (day) DO UPDATE SET media_received = media_received + excluded.media_received",
+        )
+        .bind(day_of(new.now))
+        .bind(new.parcels.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(Ok(()))
 }
 
 /// Deletes the rows of those `candidates` that no parcel references any

@@ -12,20 +12,24 @@ impl Store {
     /// many went and the attachments no parcel references any more (their rows
     /// are gone; the caller removes the files).
     pub async fn expire_parcels_batch(&self, cutoff: Millis) -> Result<(u64, Vec<AttachmentId>)> {
-        let mut tx = self.writer.begin().await?;
-        let deleted: Vec<(Option<String>,)> = sqlx::query_as(
-            "DELETE FROM parcels WHERE seq IN \
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let deleted: Vec<(Option<String>,)> = sqlx::query_as(
+                        "DELETE FROM parcels WHERE seq IN \
              (SELECT seq FROM parcels WHERE created_at < $1 ORDER BY created_at LIMIT $2) \
              RETURNING attachment_id",
-        )
-        .bind(cutoff)
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-        let candidates = deleted.iter().filter_map(|(a,)| a.clone());
-        let orphans = delete_unreferenced_attachments(&mut tx, candidates).await?;
-        tx.commit().await?;
-        Ok((deleted.len() as u64, orphans))
+                    )
+                    .bind(cutoff)
+                    .bind(BATCH)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let candidates = deleted.iter().filter_map(|(a,)| a.clone());
+                    let orphans = delete_unreferenced_attachments(&mut *tx, candidates).await?;
+                    Ok((deleted.len() as u64, orphans))
+                })
+            })
+            .await
     }
 
     /// Deletes up to one batch of exchanges created before `cutoff`.
@@ -82,18 +86,22 @@ impl Store {
     /// Deletes attachment rows that no parcel references (there should be
     /// none; a crash between two statements could leave one).
     pub async fn unreferenced_attachments(&self) -> Result<Vec<AttachmentId>> {
-        let mut tx = self.writer.begin().await?;
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "DELETE FROM attachments WHERE NOT EXISTS \
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let rows: Vec<(String,)> = sqlx::query_as(
+                        "DELETE FROM attachments WHERE NOT EXISTS \
              (SELECT 1 FROM parcels WHERE parcels.attachment_id = attachments.id) RETURNING id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id,)| AttachmentId::parse(&id).ok())
-            .collect())
+                    )
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    Ok(rows
+                        .into_iter()
+                        .filter_map(|(id,)| AttachmentId::parse(&id).ok())
+                        .collect())
+                })
+            })
+            .await
     }
 
     /// The ids of every attachment row.

@@ -11,19 +11,25 @@ impl Store {
         key: &str,
         make: impl FnOnce() -> Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
+        let (key, value) = (key.to_owned(), make());
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    sqlx::query(
             "INSERT INTO server_config (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
         )
-        .bind(key)
-        .bind(make())
+        .bind(&key)
+        .bind(value)
         .execute(&mut *tx)
         .await?;
-        let (value,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM server_config WHERE key = $1")
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(value)
+                    let (value,): (Vec<u8>,) =
+                        sqlx::query_as("SELECT value FROM server_config WHERE key = $1")
+                            .bind(&key)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    Ok(value)
+                })
+            })
+            .await
     }
 }

@@ -58,20 +58,25 @@ impl Store {
 
     /// Replaces a user's whitelist.
     pub async fn set_contacts(&self, entry_id: i64, contacts: &[UserId]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let contacts = contacts.to_vec();
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
         sqlx::query("DELETE FROM contacts WHERE user_id = $1")
             .bind(entry_id)
             .execute(&mut *tx)
             .await?;
-        for contact in contacts {
+        for contact in &contacts {
             sqlx::query("INSERT INTO contacts (user_id, contact_key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(entry_id)
                 .bind(contact.as_bytes().as_slice())
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn has_push_subscription(&self, entry_id: i64) -> Result<bool> {

@@ -1,440 +1,287 @@
-//! Group commit on the single write connection.
+//! Group commit on the single write connection, driven by a thread of its
+//! own.
 //!
 //! Every acknowledged write must be on disk (`synchronous=FULL`), and an
 //! fsync costs far more than the statements before it. So writes that arrive
-//! together share one transaction and one fsync: each caller's work (a
-//! "job") runs in a savepoint inside the open transaction, so a failed or
-//! abandoned job is rolled back alone. The transaction commits when nobody
-//! else is queued for the connection, or when it holds `MAX_JOBS` jobs or is
-//! `MAX_AGE` old. A caller's `commit` returns only after the commit that
-//! holds its work, with that commit's outcome; when a commit fails, every
-//! job in it is told so and none of them is on disk.
+//! together share one transaction and one fsync. Callers hand their work (a
+//! "job": a closure over the connection) to the writer thread, which takes
+//! every job waiting in its queue, runs each in a savepoint of the open
+//! transaction (a failed job is rolled back alone and told at once), commits
+//! them together, then tells each kept job the commit's outcome. A caller's
+//! `run` returns only after the commit that holds its work; when a commit
+//! fails, every job in it is told so and none of them is on disk.
+//!
+//! Why a thread and not a lock shared by the callers: the section that
+//! cannot run in parallel (one job after another on one connection) must not
+//! wait for the request workers, which are busy verifying signatures and
+//! parsing requests; with a lock each hand-over queued behind that work.
+//! And a job runs to its end even when its caller is cancelled, so the
+//! connection is never left in a state the batch does not know.
 //!
 //! The savepoint is named `job` and reused: a kept job's `RELEASE` runs
-//! together with the next job's `SAVEPOINT` (or is implied by `COMMIT`), and
-//! an abandoned job's `ROLLBACK TO` leaves an empty savepoint for the next
-//! job. So a job costs one extra statement on the connection.
-//!
-//! Cancellation: a caller may be dropped at any await. The batch's own
-//! statements run in tasks of their own, so a cancellation never leaves the
-//! connection in a state the batch does not know about; a job dropped before
-//! `commit` is rolled back by whoever holds the connection next.
+//! together with the next job's `SAVEPOINT` (and `COMMIT` implies it), and a
+//! failed job's `ROLLBACK TO` leaves an empty savepoint for the next job.
 
 use std::{
-    ops::{Deref, DerefMut},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    panic::AssertUnwindSafe,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use futures_util::{FutureExt as _, future::BoxFuture};
 use prometheus_client::metrics::counter::Counter;
 use sqlx::{
-    Executor as _, SqliteConnection,
+    Executor as _, Sqlite, SqliteConnection,
+    query::Query,
     sqlite::{SqliteArguments, SqliteQueryResult},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 
 /// Jobs in one transaction at most; bounds how long the first one waits.
 const MAX_JOBS: usize = 256;
-/// A transaction older than this commits even while callers are queued.
+/// A transaction older than this commits even while jobs are queued.
 const MAX_AGE: Duration = Duration::from_millis(10);
-
-/// The write connection, shared by all writers; cheap to clone.
-#[derive(Clone)]
-pub(super) struct Writer {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    batch: Arc<Mutex<Batch>>,
-    /// Callers queued for the connection: while there are any, the holder
-    /// leaves the transaction open for them.
-    waiting: AtomicUsize,
-    /// Successful commits so far (exported as a metric).
-    commits: Counter,
-}
+/// Jobs queued for the writer at most; callers beyond wait to hand theirs in.
+const QUEUE: usize = 1024;
 
 /// The outcome of one commit, shared by the jobs in it.
 type Outcome = Result<(), Arc<str>>;
+/// Tells a kept job's caller how the commit went.
+type Finish = Box<dyn FnOnce(Outcome) + Send>;
+/// A job: its work on the connection; `Some` when kept.
+type Job =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Option<Finish>> + Send>;
+/// Work outside any transaction.
+type Solo = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
 
-/// What became of the last job's savepoint in the open transaction.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Last {
-    /// Kept; its `RELEASE` is still to run (or `COMMIT` implies it).
-    Kept,
-    /// Dropped before `commit`; its `ROLLBACK TO` is still to run.
-    Abandoned,
-    /// A job is running in it.
-    Running,
+enum Request {
+    Job(Job),
+    Solo(Solo),
+    Close(oneshot::Sender<()>),
 }
 
-struct Batch {
-    conn: Option<SqliteConnection>,
-    /// A transaction is open, with the savepoint `job` in it.
-    open: bool,
-    opened_at: Instant,
-    last: Last,
-    /// Jobs kept in the open transaction.
-    jobs: usize,
-    /// Tells the open transaction's jobs how its commit went.
-    done: watch::Sender<Option<Outcome>>,
-}
-
-/// One caller's work: a savepoint in the open transaction. Derefs to the
-/// connection; `commit` to keep the work, drop to roll it back.
-pub(super) struct WriteTx {
-    batch: Option<OwnedMutexGuard<Batch>>,
-    inner: Arc<Inner>,
-}
-
-/// The connection with no transaction open (for statements such as a WAL
-/// checkpoint that cannot run inside one).
-pub(super) struct SoloConn {
-    batch: OwnedMutexGuard<Batch>,
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Writer {
+    queue: mpsc::Sender<Request>,
+    commits: Counter,
 }
 
 impl Writer {
-    pub(super) fn new(conn: SqliteConnection) -> Self {
-        Writer {
-            inner: Arc::new(Inner {
-                batch: Arc::new(Mutex::new(Batch {
-                    conn: Some(conn),
-                    open: false,
-                    opened_at: Instant::now(),
-                    last: Last::Kept,
-                    jobs: 0,
-                    done: watch::channel(None).0,
-                })),
-                waiting: AtomicUsize::new(0),
-                commits: Counter::default(),
-            }),
-        }
+    /// Starts the writer thread on `conn`.
+    pub(super) fn start(conn: SqliteConnection) -> std::io::Result<Self> {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        let commits = Counter::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || runtime.block_on(serve(conn, requests, counter)))?;
+        Ok(Writer { queue, commits })
     }
 
-    /// Starts a job: waits for the connection, then joins (or opens) the
-    /// transaction.
-    pub(super) async fn begin(&self) -> Result<WriteTx> {
-        let mut batch = self.inner.lock().await;
-        let inner = self.inner.clone();
-        let (reply, tx) = oneshot::channel();
-        spawn_detached(async move {
-            match batch.prepare().await {
-                // A caller gone meanwhile drops its `WriteTx`: rolled back.
-                Ok(()) => drop(reply.send(Ok(WriteTx {
-                    batch: Some(batch),
-                    inner,
-                }))),
-                Err(e) => {
-                    inner.release(batch);
-                    let _ = reply.send(Err(e));
+    /// Runs `job` in the next transaction and returns its value once that
+    /// transaction is on disk. An `Err` from the job undoes the job's work
+    /// (only) and comes back at once.
+    pub(super) async fn run<T, F>(&self, job: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                match AssertUnwindSafe(job(conn)).catch_unwind().await {
+                    Ok(Ok(value)) => Some(Box::new(move |outcome: Outcome| {
+                        let _ = reply.send(match outcome {
+                            Ok(()) => Ok(value),
+                            Err(message) => Err(commit_failed(&message)),
+                        });
+                    }) as Finish),
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(e));
+                        None
+                    }
+                    Err(_) => {
+                        tracing::error!("a database job panicked; its writes are undone");
+                        let _ = reply.send(Err(Error::internal("a database job failed")));
+                        None
+                    }
                 }
-            }
+            })
         });
-        tx.await.map_err(|_| stopped())?
+        self.queue
+            .send(Request::Job(job))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Runs one statement as a job of its own.
-    ///
-    /// While the last job in the open transaction was kept, the statement
-    /// runs straight in that job's savepoint, saving the round trip of a
-    /// savepoint of its own: one statement is atomic by itself (SQLite undoes
-    /// a failed statement alone), and an error that ends the whole
-    /// transaction shows at the next `RELEASE` or `COMMIT`, which then fails
-    /// the batch. A caller cancelled meanwhile leaves the statement either
-    /// run or not, as with any request whose answer is lost.
-    pub(super) async fn execute<'q>(
+    pub(super) async fn execute(
         &self,
-        query: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
     ) -> Result<SqliteQueryResult> {
-        let batch = self.inner.lock().await;
-        if !(batch.open && batch.last == Last::Kept) {
-            drop(batch);
-            let mut tx = self.begin().await?;
-            let done = query.execute(&mut *tx).await?;
-            tx.commit().await?;
-            return Ok(done);
-        }
-        let mut held = Held {
-            batch: Some(batch),
-            inner: self.inner.clone(),
-        };
-        let done = query.execute(held.conn()?).await;
-        let mut batch = held.batch.take().expect("held until here");
-        let done = match done {
-            Ok(done) => done,
-            Err(e) => {
-                self.inner.release(batch);
-                return Err(e.into());
-            }
-        };
-        batch.jobs += 1;
-        let outcome = batch.done.subscribe();
-        self.inner.release(batch);
-        wait_for_commit(outcome).await?;
-        Ok(done)
+        self.run(move |tx| Box::pin(async move { Ok(query.execute(&mut *tx).await?) }))
+            .await
     }
 
-    /// The connection outside any transaction: the open one commits first
-    /// (its jobs get their outcome as usual).
-    pub(super) async fn solo(&self) -> Result<SoloConn> {
-        loop {
-            let batch = self.inner.lock().await;
-            if !batch.open {
-                batch.conn.as_ref().ok_or_else(closed)?;
-                return Ok(SoloConn { batch });
-            }
-            // In a task of its own, so that dropping this caller cannot cut
-            // the commit short; then look again.
-            let _ = tokio::spawn(finish(batch, self.inner.clone())).await;
-        }
+    /// Runs `work` outside any transaction (for statements such as a WAL
+    /// checkpoint that cannot run inside one), after what is open commits.
+    pub(super) async fn solo<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let solo: Solo = Box::new(move |conn| {
+            Box::pin(async move {
+                let _ = reply.send(work(conn).await);
+            })
+        });
+        self.queue
+            .send(Request::Solo(solo))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Counts the transactions committed (each holds one or more jobs).
     pub(super) fn commits(&self) -> Counter {
-        self.inner.commits.clone()
+        self.commits.clone()
     }
 
-    /// Commits what is open and closes the connection.
+    /// Commits what is queued and closes the connection; later jobs fail.
     pub(super) async fn close(&self) {
-        let Ok(mut solo) = self.solo().await else {
-            return;
-        };
-        if let Some(conn) = solo.batch.conn.take()
-            && let Err(e) = sqlx::Connection::close(conn).await
-        {
-            tracing::warn!(error = %e, "closing the database failed");
+        let (reply, closed) = oneshot::channel();
+        if self.queue.send(Request::Close(reply)).await.is_ok() {
+            let _ = closed.await;
         }
     }
 }
 
-impl Inner {
-    /// Queues for the connection, counted in `waiting` meanwhile.
-    async fn lock(self: &Arc<Self>) -> OwnedMutexGuard<Batch> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let queued = Queued(self.clone());
-        let batch = self.batch.clone().lock_owned().await;
-        queued.leave();
-        batch
-    }
-
-    /// Hands the connection on. The transaction commits now if nobody is
-    /// queued to add to it (or it is full or old enough); otherwise the next
-    /// holder decides the same way.
-    fn release(self: &Arc<Self>, batch: OwnedMutexGuard<Batch>) {
-        let alone = self.waiting.load(Ordering::SeqCst) == 0;
-        let full = batch.jobs >= MAX_JOBS || batch.opened_at.elapsed() >= MAX_AGE;
-        if batch.open && (alone || full) {
-            spawn_detached(finish(batch, self.clone()));
-        }
-    }
-}
-
-/// A caller in the queue for the connection. Dropped without `leave` (the
-/// caller was cancelled while queued), it makes sure that a transaction the
-/// previous holder left open for it still commits.
-struct Queued(Arc<Inner>);
-
-impl Queued {
-    fn leave(self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let inner = self.0.clone();
-            spawn_detached(async move {
-                let batch = inner.lock().await;
-                inner.release(batch);
-            });
-        }
-    }
-}
-
-fn spawn_detached(task: impl Future<Output = ()> + Send + 'static) {
-    // Without a runtime (only while the process ends) there is nobody left
-    // to wait for the outcome.
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(task);
-    }
-}
-
-/// Ends the open transaction: commits its kept jobs (after rolling back an
-/// abandoned last one), or rolls back when none was kept, and tells the
-/// jobs the outcome.
-async fn finish(mut batch: OwnedMutexGuard<Batch>, inner: Arc<Inner>) {
-    if !batch.open {
-        return;
-    }
-    if batch.jobs == 0 {
-        batch.end(Ok(())).await;
-        return;
-    }
-    let sql = match batch.last {
-        Last::Abandoned => "ROLLBACK TO job; COMMIT",
-        _ => "COMMIT",
-    };
-    let outcome = match batch.run(sql).await {
-        Ok(()) => {
-            inner.commits.inc();
-            batch.open = false;
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, jobs = batch.jobs, "a database commit failed");
-            Err(Arc::from(e.to_string()))
-        }
-    };
-    batch.end(outcome).await;
-}
-
-impl Batch {
-    fn conn(&mut self) -> Result<&mut SqliteConnection> {
-        self.conn.as_mut().ok_or_else(closed)
-    }
-
-    async fn run(&mut self, sql: &'static str) -> Result<()> {
-        self.conn()?.execute(sql).await?;
-        Ok(())
-    }
-
-    /// Makes the savepoint `job` ready for a job, in one round trip.
-    async fn prepare(&mut self) -> Result<()> {
-        if self.open {
-            let sql = match self.last {
-                Last::Kept => "RELEASE job; SAVEPOINT job",
-                Last::Abandoned | Last::Running => "ROLLBACK TO job",
-            };
-            match self.run(sql).await {
-                Ok(()) => {
-                    self.last = Last::Running;
-                    return Ok(());
-                }
-                Err(e) => {
-                    // SQLite ended the transaction (it does on some errors):
-                    // the kept jobs are gone. Start afresh for this one.
-                    tracing::error!(error = %e, "the open transaction failed; its writes are dropped");
-                    self.end(Err(Arc::from(e.to_string()))).await;
+/// The writer thread's loop.
+async fn serve(
+    mut conn: SqliteConnection,
+    mut requests: mpsc::Receiver<Request>,
+    commits: Counter,
+) {
+    let mut next = requests.recv().await;
+    while let Some(request) = next.take() {
+        match request {
+            Request::Job(job) => {
+                next = batch(&mut conn, job, &mut requests, &commits).await;
+                if next.is_none() {
+                    next = requests.recv().await;
                 }
             }
-        }
-        if let Err(e) = self.run("BEGIN IMMEDIATE; SAVEPOINT job").await {
-            // Whatever of it ran is undone.
-            let _ = self.run("ROLLBACK").await;
-            return Err(e);
-        }
-        self.open = true;
-        self.opened_at = Instant::now();
-        self.last = Last::Running;
-        Ok(())
-    }
-
-    /// Ends the transaction (rolling back whatever is still open) and
-    /// reports `outcome` to its jobs.
-    async fn end(&mut self, outcome: Outcome) {
-        if self.open {
-            // Fails only when SQLite already ended the transaction.
-            let _ = self.run("ROLLBACK").await;
-        }
-        self.open = false;
-        self.jobs = 0;
-        self.done.send_replace(Some(outcome));
-        self.done = watch::channel(None).0;
-    }
-}
-
-impl WriteTx {
-    /// Keeps this job's work; returns once it is on disk.
-    pub(super) async fn commit(mut self) -> Result<()> {
-        let mut batch = self.batch.take().expect("present until commit or drop");
-        batch.last = Last::Kept;
-        batch.jobs += 1;
-        let outcome = batch.done.subscribe();
-        self.inner.release(batch);
-        wait_for_commit(outcome).await
-    }
-}
-
-/// Waits for the commit of the transaction behind `outcome`.
-async fn wait_for_commit(mut outcome: watch::Receiver<Option<Outcome>>) -> Result<()> {
-    let outcome = outcome
-        .wait_for(Option::is_some)
-        .await
-        .map_err(|_| stopped())?
-        .clone();
-    match outcome {
-        Some(Ok(())) => Ok(()),
-        Some(Err(message)) => Err(Error::internal(format!("commit failed: {message}"))),
-        None => Err(stopped()),
-    }
-}
-
-/// The connection held by a single-statement job; handed on when dropped,
-/// also when the caller is cancelled.
-struct Held {
-    batch: Option<OwnedMutexGuard<Batch>>,
-    inner: Arc<Inner>,
-}
-
-impl Held {
-    fn conn(&mut self) -> Result<&mut SqliteConnection> {
-        self.batch.as_mut().expect("held until taken").conn()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(batch) = self.batch.take() {
-            self.inner.release(batch);
+            Request::Solo(work) => {
+                work(&mut conn).await;
+                next = requests.recv().await;
+            }
+            Request::Close(done) => {
+                requests.close();
+                if let Err(e) = sqlx::Connection::close(conn).await {
+                    tracing::warn!(error = %e, "closing the database failed");
+                }
+                let _ = done.send(());
+                return;
+            }
         }
     }
 }
 
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        if let Some(mut batch) = self.batch.take() {
-            batch.last = Last::Abandoned;
-            self.inner.release(batch);
+/// One transaction: `first`, then every job already queued (up to the
+/// limits). Returns a request that must wait for the commit (a solo or
+/// close).
+async fn batch(
+    conn: &mut SqliteConnection,
+    first: Job,
+    requests: &mut mpsc::Receiver<Request>,
+    commits: &Counter,
+) -> Option<Request> {
+    if let Err(e) = conn.execute("BEGIN IMMEDIATE; SAVEPOINT job").await {
+        tracing::error!(error = %e, "starting a database transaction failed");
+        let _ = conn.execute("ROLLBACK").await;
+        // The job's caller learns through its reply being dropped.
+        drop(first);
+        return None;
+    }
+    let opened = Instant::now();
+    let mut kept: Vec<Finish> = Vec::new();
+    // Whether the savepoint holds kept work (to release before the next).
+    let mut holds_kept = false;
+    let mut job = first;
+    let mut after = None;
+    let mut broken = None;
+    loop {
+        if holds_kept && let Err(e) = conn.execute("RELEASE job; SAVEPOINT job").await {
+            broken = Some(e);
+            drop(job);
+            break;
+        }
+        match job(conn).await {
+            Some(finish) => {
+                kept.push(finish);
+                holds_kept = true;
+            }
+            None => {
+                if let Err(e) = conn.execute("ROLLBACK TO job").await {
+                    broken = Some(e);
+                    break;
+                }
+                holds_kept = false;
+            }
+        }
+        if kept.len() >= MAX_JOBS || opened.elapsed() >= MAX_AGE {
+            break;
+        }
+        match requests.try_recv() {
+            Ok(Request::Job(next)) => job = next,
+            Ok(other) => {
+                after = Some(other);
+                break;
+            }
+            Err(_) => break,
         }
     }
-}
-
-impl Deref for WriteTx {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        let batch = self.batch.as_ref().expect("present until commit or drop");
-        batch.conn.as_ref().expect("open while a job runs")
+    let outcome: Outcome = match broken {
+        // SQLite ended the transaction (it does on some errors).
+        Some(e) => Err(Arc::from(e.to_string())),
+        None if kept.is_empty() => Ok(()),
+        None => conn
+            .execute("COMMIT")
+            .await
+            .map(|_| {
+                commits.inc();
+            })
+            .map_err(|e| Arc::from(e.to_string())),
+    };
+    if kept.is_empty() || outcome.is_err() {
+        // Nothing to keep, or the commit failed: nothing of it stays.
+        let _ = conn.execute("ROLLBACK").await;
     }
-}
-
-impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        let batch = self.batch.as_mut().expect("present until commit or drop");
-        batch.conn.as_mut().expect("open while a job runs")
+    if let Err(message) = &outcome {
+        tracing::error!(error = %message, jobs = kept.len(), "a database commit failed");
     }
-}
-
-impl Deref for SoloConn {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        self.batch.conn.as_ref().expect("checked by solo")
+    for finish in kept {
+        finish(outcome.clone());
     }
+    after
 }
 
-impl DerefMut for SoloConn {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.batch.conn.as_mut().expect("checked by solo")
-    }
+fn commit_failed(message: &str) -> Error {
+    Error::internal(format!("commit failed: {message}"))
 }
 
+/// The job's reply was dropped unsent: the transaction it was queued for
+/// could not start or broke before it ran, or the writer is gone.
 fn stopped() -> Error {
-    Error::internal("the database writer stopped")
+    Error::internal("the database did not take the write")
 }
 
 fn closed() -> Error {
@@ -443,11 +290,10 @@ fn closed() -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use sqlx::{ConnectOptions as _, SqliteConnection, sqlite::SqliteConnectOptions};
 
     use super::Writer;
+    use crate::error::{Error, Result};
 
     struct Db {
         _dir: tempfile::TempDir,
@@ -468,7 +314,7 @@ mod tests {
             .unwrap();
         Db {
             _dir: dir,
-            writer: Writer::new(conn),
+            writer: Writer::start(conn).unwrap(),
             options,
         }
     }
@@ -482,13 +328,24 @@ mod tests {
             .unwrap()
     }
 
-    async fn insert(writer: &Writer, k: i64) -> crate::error::Result<()> {
-        let mut tx = writer.begin().await?;
-        sqlx::query("INSERT INTO t (k, v) VALUES ($1, 'x')")
-            .bind(k)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+    /// Inserts `keys` in one job; `fail` makes the job fail after them.
+    async fn insert(writer: &Writer, keys: Vec<i64>, fail: bool) -> Result<usize> {
+        writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    for k in &keys {
+                        sqlx::query("INSERT INTO t (k, v) VALUES ($1, 'x')")
+                            .bind(k)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if fail {
+                        return Err(Error::InvalidArgument("refused".into()));
+                    }
+                    Ok(keys.len())
+                })
+            })
+            .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,11 +354,11 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|k| {
                 let writer = db.writer.clone();
-                tokio::spawn(async move { insert(&writer, k).await })
+                tokio::spawn(async move { insert(&writer, vec![k], false).await })
             })
             .collect();
         for task in tasks {
-            task.await.unwrap().unwrap();
+            assert_eq!(task.await.unwrap().unwrap(), 1);
         }
         assert_eq!(committed(&db.options).await, (0..200).collect::<Vec<_>>());
         let commits = db.writer.commits().get();
@@ -512,135 +369,102 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_job_is_rolled_back_alone() {
+    async fn a_failed_job_is_undone_alone() {
         let db = db().await;
-        insert(&db.writer, 1).await.unwrap();
-        let tasks: Vec<_> = (0..50)
-            .map(|i| {
-                let writer = db.writer.clone();
-                tokio::spawn(async move {
-                    let mut tx = writer.begin().await?;
-                    // Every third job writes a fresh row, then hits the
-                    // duplicate key 1 and fails.
-                    sqlx::query("INSERT INTO t (k, v) VALUES ($1, 'y')")
-                        .bind(100 + i)
-                        .execute(&mut *tx)
-                        .await?;
-                    if i % 3 == 0 {
-                        sqlx::query("INSERT INTO t (k, v) VALUES (1, 'dup')")
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    tx.commit().await
-                })
-            })
-            .collect();
-        let mut failed = 0;
-        for task in tasks {
-            if task.await.unwrap().is_err() {
-                failed += 1;
-            }
-        }
-        assert_eq!(failed, 17);
-        let expected: Vec<i64> = std::iter::once(1)
-            .chain((0..50).filter(|i| i % 3 != 0).map(|i| 100 + i))
-            .collect();
-        assert_eq!(committed(&db.options).await, expected);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_abandoned_job_is_rolled_back_and_the_others_commit() {
-        let db = db().await;
-        // A job dropped after writing, with nobody else around.
-        {
-            let mut tx = db.writer.begin().await.unwrap();
-            sqlx::query("INSERT INTO t (k, v) VALUES (7, 'gone')")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
-        insert(&db.writer, 8).await.unwrap();
-        // Callers cancelled at every stage, among ones that finish.
-        let mut tasks = Vec::new();
-        for k in 10..60 {
-            let writer = db.writer.clone();
-            tasks.push(tokio::spawn(async move { insert(&writer, k).await }));
-        }
-        for task in tasks.iter().step_by(4) {
-            task.abort();
-        }
-        let mut landed = vec![8];
-        for (k, task) in (10..60).zip(tasks) {
-            if let Ok(done) = task.await {
-                done.unwrap();
-                landed.push(k);
-            }
-        }
-        // Every finished write is there and the abandoned one is not; an
-        // aborted one may or may not have landed.
-        let rows = tokio::time::timeout(Duration::from_secs(10), async {
-            // The writer is not stuck: one more write goes through.
-            insert(&db.writer, 1000).await.unwrap();
-            committed(&db.options).await
-        })
-        .await
-        .expect("the writer keeps going after cancelled callers");
-        assert!(!rows.contains(&7));
-        for k in landed.iter().chain([&1000]) {
-            assert!(rows.contains(k), "{k} is missing");
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn single_statements_join_kept_jobs_and_fail_alone() {
-        let db = db().await;
-        insert(&db.writer, 1).await.unwrap();
+        insert(&db.writer, vec![1], false).await.unwrap();
         let tasks: Vec<_> = (0..60)
             .map(|i| {
                 let writer = db.writer.clone();
                 tokio::spawn(async move {
                     match i % 3 {
-                        // A job with a savepoint of its own.
-                        0 => insert(&writer, 100 + i).await.map(|_| ()),
-                        // A lone statement.
-                        1 => writer
-                            .execute(
-                                sqlx::query("INSERT INTO t (k, v) VALUES ($1, 's')").bind(100 + i),
-                            )
-                            .await
-                            .map(|_| ()),
-                        // A lone statement that fails (duplicate key).
-                        _ => writer
-                            .execute(sqlx::query("INSERT INTO t (k, v) VALUES (1, 'dup')"))
-                            .await
-                            .map(|_| ()),
+                        // Fails on its own terms after writing.
+                        0 => insert(&writer, vec![100 + i, 200 + i], true).await,
+                        // Fails in SQL (duplicate key 1) after writing.
+                        1 => insert(&writer, vec![100 + i, 1], false).await,
+                        _ => insert(&writer, vec![100 + i, 200 + i], false).await,
                     }
                 })
             })
             .collect();
         for (i, task) in (0..60).zip(tasks) {
             let done = task.await.unwrap();
-            assert_eq!(done.is_ok(), i % 3 != 2, "job {i}: {done:?}");
+            assert_eq!(done.is_ok(), i % 3 == 2, "job {i}: {done:?}");
         }
-        let expected: Vec<i64> = std::iter::once(1)
-            .chain((0..60).filter(|i| i % 3 != 2).map(|i| 100 + i))
+        let mut expected: Vec<i64> = std::iter::once(1)
+            .chain(
+                (0..60)
+                    .filter(|i| i % 3 == 2)
+                    .flat_map(|i| [100 + i, 200 + i]),
+            )
             .collect();
+        expected.sort_unstable();
         assert_eq!(committed(&db.options).await, expected);
     }
 
-    #[tokio::test]
-    async fn solo_runs_outside_a_transaction_after_pending_work() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_caller_never_leaves_half_a_job() {
         let db = db().await;
-        insert(&db.writer, 1).await.unwrap();
-        let mut conn = db.writer.solo().await.unwrap();
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut *conn)
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let writer = db.writer.clone();
+                tokio::spawn(async move { insert(&writer, vec![i, 1000 + i], false).await })
+            })
+            .collect();
+        for task in tasks.iter().step_by(3) {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        // The writer goes on, and each job is there whole or not at all.
+        insert(&db.writer, vec![5000], false).await.unwrap();
+        let rows = committed(&db.options).await;
+        for i in 0..100 {
+            assert_eq!(rows.contains(&i), rows.contains(&(1000 + i)), "job {i}");
+        }
+        assert!(rows.contains(&5000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_is_undone_and_the_writer_goes_on() {
+        let db = db().await;
+        let panicked = db
+            .writer
+            .run(|tx| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO t (k, v) VALUES (9, 'p')")
+                        .execute(&mut *tx)
+                        .await?;
+                    if std::hint::black_box(true) {
+                        panic!("a bug in a job");
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        assert!(panicked.is_err());
+        insert(&db.writer, vec![10], false).await.unwrap();
+        assert_eq!(committed(&db.options).await, vec![10]);
+    }
+
+    #[tokio::test]
+    async fn solo_work_runs_outside_a_transaction_and_close_refuses_later_jobs() {
+        let db = db().await;
+        insert(&db.writer, vec![1], false).await.unwrap();
+        db.writer
+            .solo(|conn| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .await
             .unwrap();
-        drop(conn);
         db.writer.close().await;
         assert_eq!(committed(&db.options).await, vec![1]);
-        let closed = db.writer.begin().await;
-        assert!(closed.is_err(), "a closed writer refuses work");
+        let refused = insert(&db.writer, vec![2], false).await;
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
     }
 }

@@ -5,12 +5,10 @@
 //! come from [`AttachmentId`]s (UUIDs the server made), never from requests.
 
 use std::{
-    io,
+    io::{self, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
-
-use tokio::io::AsyncWriteExt;
 
 use crate::{clock::Millis, domain::AttachmentId};
 
@@ -54,22 +52,31 @@ impl Blobs {
         self.dir.join(id.to_string())
     }
 
-    /// Writes `data` durably under `id`'s name.
-    pub async fn write(&self, id: &AttachmentId, data: &[u8]) -> io::Result<()> {
+    /// Writes `data` durably under `id`'s name. One blocking task does all
+    /// the steps: each hand-over to the blocking pool costs as much as a
+    /// small write.
+    pub async fn write(&self, id: &AttachmentId, data: Vec<u8>) -> io::Result<()> {
         let tmp = self.tmp_dir().join(id.to_string());
-        let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
-            file.write_all(data).await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&tmp, self.path(id)).await?;
-            sync_dir(&self.dir).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        let path = self.path(id);
+        let dir = self.dir.clone();
+        let write = move || {
+            let result = (|| {
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(&data)?;
+                file.sync_all()?;
+                drop(file);
+                std::fs::rename(&tmp, &path)?;
+                // The rename is durable once the folder is.
+                std::fs::File::open(&*dir)?.sync_all()
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Opens an attachment for reading.
@@ -138,12 +145,4 @@ fn modified_ms(meta: &std::fs::Metadata) -> Millis {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// Makes a rename durable: fsync the folder that holds the new name.
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
-        .await
-        .map_err(io::Error::other)?
 }

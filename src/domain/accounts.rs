@@ -18,11 +18,17 @@ use crate::{
 /// The caller's account, or PERMISSION_DENIED: the one gate for every call
 /// that needs a registered user.
 pub async fn require_registered(store: &Store, caller: &Caller) -> Result<UserRow> {
-    store.user_by_key(&caller.user_id).await?.ok_or_else(|| {
-        Error::PermissionDenied(
-            "this key has no account on this server; sign up through an invite first".into(),
-        )
-    })
+    store
+        .user_by_key(&caller.user_id)
+        .await?
+        .ok_or_else(not_registered)
+}
+
+/// The caller's key has no account here.
+pub fn not_registered() -> Error {
+    Error::PermissionDenied(
+        "this key has no account on this server; sign up through an invite first".into(),
+    )
 }
 
 pub struct Account {

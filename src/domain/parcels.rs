@@ -5,7 +5,7 @@ use crate::{
     blobs::Blobs,
     clock::{DAY, Millis},
     config::Limits,
-    domain::{AttachmentId, Caller, ParcelId, UserId, accounts::require_registered},
+    domain::{AttachmentId, Caller, ParcelId, UserId, accounts::not_registered},
     error::{Error, Result},
     push,
     store::{NewParcel, NewParcels, NewPush, ParcelRow, QuotaExceeded, Store},
@@ -120,7 +120,7 @@ pub async fn send(
     blobs: &Blobs,
     limits: &Limits,
     caller: &Caller,
-    send: Send,
+    mut send: Send,
     push_ttl: Option<Millis>,
     now: Millis,
 ) -> Result<Sent> {
@@ -138,7 +138,7 @@ pub async fn send(
         .copied()
         .collect();
 
-    let attachment = match &send.attachment {
+    let attachment = match send.attachment.take() {
         None => None,
         Some(data) => {
             let free = blobs.free_bytes()?;
@@ -152,8 +152,9 @@ pub async fn send(
                 ));
             }
             let id = AttachmentId::random();
+            let size = data.len() as u64;
             blobs.write(&id, data).await?;
-            Some((id, data.len() as u64))
+            Some((id, size))
         }
     };
 
@@ -260,7 +261,10 @@ pub async fn list(
     client_version: Option<&str>,
     now: Millis,
 ) -> Result<Vec<ParcelRow>> {
-    let user = require_registered(store, caller).await?;
+    let (user, parcels) = store
+        .inbox_of(&caller.user_id)
+        .await?
+        .ok_or_else(not_registered)?;
     // Last-seen is shown in buckets of days: a write (and fsync) per list
     // buys nothing, so a recent sighting with the same version is kept.
     let recent = user
@@ -272,7 +276,7 @@ pub async fn list(
             .record_seen(user.entry_id, now, client_version)
             .await?;
     }
-    store.parcels_of(user.entry_id).await
+    Ok(parcels)
 }
 
 /// Opens the attachment of one of the caller's parcels: the file and its size.

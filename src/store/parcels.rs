@@ -1,6 +1,10 @@
 //! `parcels`, `attachments` and the daily statistics they feed.
 
-use super::{NewPush, Store, count, stats::day_of};
+use super::{
+    NewPush, Store, UserRow, count,
+    stats::day_of,
+    users::{RawUser, USER_COLUMNS, user_row},
+};
 use crate::{
     clock::Millis,
     domain::{AttachmentId, ParcelId, UserId},
@@ -81,36 +85,31 @@ impl Store {
             .await
     }
 
-    /// A recipient's parcels, oldest first.
-    ///
-    /// SQLite hands the parcels over as one JSON array in one row: each row
-    /// of a result is a message between the connection's thread and ours,
-    /// and for a full inbox those messages cost more than the query.
-    pub async fn parcels_of(&self, recipient: i64) -> Result<Vec<ParcelRow>> {
-        let (json,): (String,) = sqlx::query_as(
-            "SELECT json_group_array(json_array(p.id, p.type, p.content, hex(p.sender_key), \
-             p.created_at, a.size) ORDER BY p.seq) \
-             FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id \
-             WHERE p.recipient_id = $1",
-        )
-        .bind(recipient)
-        .fetch_one(&mut *self.readers.get().await?)
-        .await?;
-        type Raw = (String, String, String, String, Millis, Option<i64>);
-        let raw: Vec<Raw> = serde_json::from_str(&json).map_err(crate::error::Error::internal)?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(id, kind, content, sender, sent_at, size)| {
-                Some(ParcelRow {
-                    id: ParcelId::parse(&id).ok()?,
-                    kind,
-                    content,
-                    sender: UserId::from_bytes(decode_hex32(&sender)?),
-                    sent_at,
-                    attachment_size: size.map(|s| s as u64),
-                })
-            })
-            .collect())
+    /// A user (by id) with their parcels, oldest first, in one query: the
+    /// listing is the hottest read, and each query is a round trip to a
+    /// connection's thread.
+    pub async fn inbox_of(&self, user: &UserId) -> Result<Option<(UserRow, Vec<ParcelRow>)>> {
+        let row: Option<(RawUser, String)> = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS}, ({PARCELS_JSON} WHERE p.recipient_id = users.id) \
+             FROM users WHERE public_key = $1"
+        ))
+        .bind(user.as_bytes().as_slice())
+        .fetch_optional(&mut *self.readers.get().await?)
+        .await?
+        .map(|r| {
+            use sqlx::Row as _;
+            (
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
+                r.get(6),
+            )
+        });
+        let Some((raw, json)) = row else {
+            return Ok(None);
+        };
+        let Some(user) = user_row(raw) else {
+            return Ok(None);
+        };
+        Ok(Some((user, parcel_rows(&json)?)))
     }
 
     /// Records that a user listed their inbox.
@@ -328,6 +327,32 @@ pub(super) async fn delete_unreferenced_attachments(
         }
     }
     Ok(orphans)
+}
+
+/// A recipient's parcels (`p`), oldest first, as one JSON array in one
+/// value: each row of a result is a message between the connection's thread
+/// and ours, and for a full inbox those cost more than the query.
+const PARCELS_JSON: &str = "SELECT json_group_array(json_array(p.id, p.type, p.content, \
+     hex(p.sender_key), p.created_at, a.size) ORDER BY p.seq) \
+     FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id";
+
+/// Decodes [`PARCELS_JSON`].
+fn parcel_rows(json: &str) -> Result<Vec<ParcelRow>> {
+    type Raw = (String, String, String, String, Millis, Option<i64>);
+    let raw: Vec<Raw> = serde_json::from_str(json).map_err(crate::error::Error::internal)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(id, kind, content, sender, sent_at, size)| {
+            Some(ParcelRow {
+                id: ParcelId::parse(&id).ok()?,
+                kind,
+                content,
+                sender: UserId::from_bytes(decode_hex32(&sender)?),
+                sent_at,
+                attachment_size: size.map(|s| s as u64),
+            })
+        })
+        .collect())
 }
 
 /// Decodes SQLite's `hex()` of a 32-byte key.

@@ -15,9 +15,9 @@ pub struct UserRow {
     pub client_version: Option<String>,
 }
 
-type RawUser = (i64, Vec<u8>, Option<i64>, i64, Option<i64>, Option<String>);
+pub(super) type RawUser = (i64, Vec<u8>, Option<i64>, i64, Option<i64>, Option<String>);
 
-fn user_row(raw: RawUser) -> Option<UserRow> {
+pub(super) fn user_row(raw: RawUser) -> Option<UserRow> {
     let (entry_id, key, invited_by, created_at, last_seen_at, client_version) = raw;
     Some(UserRow {
         entry_id,
@@ -29,7 +29,8 @@ fn user_row(raw: RawUser) -> Option<UserRow> {
     })
 }
 
-const USER_COLUMNS: &str = "id, public_key, invited_by, created_at, last_seen_at, client_version";
+pub(super) const USER_COLUMNS: &str =
+    "id, public_key, invited_by, created_at, last_seen_at, client_version";
 
 impl Store {
     pub async fn user_by_key(&self, id: &UserId) -> Result<Option<UserRow>> {

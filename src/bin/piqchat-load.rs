@@ -264,8 +264,9 @@ impl Scenario {
     fn rate_hint(self) -> usize {
         match self {
             Scenario::Info | Scenario::InfoBig => 0,
-            Scenario::List | Scenario::ListBig | Scenario::Exchange => 10_000,
-            Scenario::Accept => 5_000,
+            Scenario::List | Scenario::ListBig | Scenario::Exchange => 15_000,
+            // Two signed calls per pair.
+            Scenario::Accept => 10_000,
             Scenario::Download1m => 4_000,
             Scenario::Send100k => 3_000,
             Scenario::SendGroup => 1_500,

@@ -83,38 +83,41 @@ impl Store {
             .writer
             .run(move |tx| {
                 Box::pin(async move {
-        let attachments: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT attachment_id FROM parcels WHERE recipient_id = $1 AND attachment_id IS NOT NULL",
-        )
-        .bind(entry_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let parcels = sqlx::query("DELETE FROM parcels WHERE recipient_id = $1")
-            .bind(entry_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        for table in [
-            "DELETE FROM contacts WHERE user_id = $1",
-            "DELETE FROM backups WHERE user_id = $1",
-            "DELETE FROM push_subscriptions WHERE user_id = $1",
-            "DELETE FROM push_outbox WHERE user_id = $1",
-            "DELETE FROM exchanges WHERE creator_id = $1",
-        ] {
-            sqlx::query(table).bind(entry_id).execute(&mut *tx).await?;
-        }
-        let orphans =
-            delete_unreferenced_attachments(&mut *tx, attachments.into_iter().map(|(id,)| id))
-                .await?;
-        sqlx::query(
-            "UPDATE users SET public_key = NULL, last_seen_at = NULL, client_version = NULL, deleted_at = $2 \
-             WHERE id = $1",
-        )
-        .bind(entry_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        Ok((parcels, orphans))
+                    let attachments: Vec<(String,)> = sqlx::query_as(
+                        "SELECT DISTINCT attachment_id FROM parcels \
+                         WHERE recipient_id = $1 AND attachment_id IS NOT NULL",
+                    )
+                    .bind(entry_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let parcels = sqlx::query("DELETE FROM parcels WHERE recipient_id = $1")
+                        .bind(entry_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    for table in [
+                        "DELETE FROM contacts WHERE user_id = $1",
+                        "DELETE FROM backups WHERE user_id = $1",
+                        "DELETE FROM push_subscriptions WHERE user_id = $1",
+                        "DELETE FROM push_outbox WHERE user_id = $1",
+                        "DELETE FROM exchanges WHERE creator_id = $1",
+                    ] {
+                        sqlx::query(table).bind(entry_id).execute(&mut *tx).await?;
+                    }
+                    let orphans = delete_unreferenced_attachments(
+                        &mut *tx,
+                        attachments.into_iter().map(|(id,)| id),
+                    )
+                    .await?;
+                    sqlx::query(
+                        "UPDATE users SET public_key = NULL, last_seen_at = NULL, \
+                         client_version = NULL, deleted_at = $2 WHERE id = $1",
+                    )
+                    .bind(entry_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok((parcels, orphans))
                 })
             })
             .await?;
@@ -144,24 +147,19 @@ impl Store {
     }
 
     pub async fn put_backup(&self, entry_id: i64, content: &str, now: Millis) -> Result<()> {
-        let content = content.to_owned();
         self.writer
-            .run(move |tx| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO backups (user_id, content, updated_at) VALUES ($1, $2, $3) \
-                         ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, \
-                         updated_at = excluded.updated_at",
-                    )
-                    .bind(entry_id)
-                    .bind(content)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(
+                sqlx::query(
+                    "INSERT INTO backups (user_id, content, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id) DO UPDATE SET content = excluded.content, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(entry_id)
+                .bind(content.to_owned())
+                .bind(now),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Reads a backup and records the read; returns the row as it was before.
@@ -202,28 +200,31 @@ impl Store {
         self.writer
             .run(move |tx| {
                 Box::pin(async move {
-        // Pushes queued for an earlier subscription would go nowhere useful.
-        sqlx::query("DELETE FROM push_outbox WHERE user_id = $1")
-            .bind(entry_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO push_subscriptions (user_id, endpoint, p256dh, auth, content_encoding, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (user_id) DO UPDATE SET endpoint = excluded.endpoint, p256dh = excluded.p256dh, \
-             auth = excluded.auth, content_encoding = excluded.content_encoding, \
-             expires_at = excluded.expires_at, created_at = excluded.created_at",
-        )
-        .bind(entry_id)
-        .bind(&sub.endpoint)
-        .bind(&sub.p256dh)
-        .bind(&sub.auth)
-        .bind(&sub.content_encoding)
-        .bind(sub.expires_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        Ok(())
+                    // Pushes queued for an earlier subscription would go nowhere useful.
+                    sqlx::query("DELETE FROM push_outbox WHERE user_id = $1")
+                        .bind(entry_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO push_subscriptions \
+                         (user_id, endpoint, p256dh, auth, content_encoding, \
+                         expires_at, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (user_id) DO UPDATE SET endpoint = excluded.endpoint, \
+                         p256dh = excluded.p256dh, \
+                         auth = excluded.auth, content_encoding = excluded.content_encoding, \
+                         expires_at = excluded.expires_at, created_at = excluded.created_at",
+                    )
+                    .bind(entry_id)
+                    .bind(&sub.endpoint)
+                    .bind(&sub.p256dh)
+                    .bind(&sub.auth)
+                    .bind(&sub.content_encoding)
+                    .bind(sub.expires_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
                 })
             })
             .await

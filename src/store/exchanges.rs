@@ -41,25 +41,20 @@ impl Store {
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
-        let (token, offer) = (token.to_string(), offer.to_owned());
         self.writer
-            .run(move |tx| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO exchanges (token, creator_id, offer, created_at, expires_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(token)
-                    .bind(creator)
-                    .bind(offer)
-                    .bind(now)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(
+                sqlx::query(
+                    "INSERT INTO exchanges (token, creator_id, offer, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(token.to_string())
+                .bind(creator)
+                .bind(offer.to_owned())
+                .bind(now)
+                .bind(expires_at),
+            )
+            .await?;
+        Ok(())
     }
 
     /// One of `creator`'s exchanges; another user's token finds nothing.
@@ -85,20 +80,15 @@ impl Store {
 
     /// Deletes one of `creator`'s exchanges; false when there was none.
     pub async fn delete_exchange(&self, token: &ExchangeToken, creator: i64) -> Result<bool> {
-        let token = token.to_string();
-        self.writer
-            .run(move |tx| {
-                Box::pin(async move {
-                    let done =
-                        sqlx::query("DELETE FROM exchanges WHERE token = $1 AND creator_id = $2")
-                            .bind(token)
-                            .bind(creator)
-                            .execute(&mut *tx)
-                            .await?;
-                    Ok(done.rows_affected() > 0)
-                })
-            })
-            .await
+        let done = self
+            .writer
+            .execute(
+                sqlx::query("DELETE FROM exchanges WHERE token = $1 AND creator_id = $2")
+                    .bind(token.to_string())
+                    .bind(creator),
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Accepts an exchange and signs the acceptor up, in one transaction.
@@ -119,8 +109,8 @@ impl Store {
                 Box::pin(async move {
                     let won: Option<(String, Millis, Option<i64>)> = sqlx::query_as(
                         "UPDATE exchanges SET accepted_at = $1, answer = $2 \
-             WHERE token = $3 AND accepted_at IS NULL AND expires_at > $1 \
-             RETURNING offer, expires_at, creator_id",
+                         WHERE token = $3 AND accepted_at IS NULL AND expires_at > $1 \
+                         RETURNING offer, expires_at, creator_id",
                     )
                     .bind(now)
                     .bind(answer.as_deref())
@@ -143,14 +133,15 @@ impl Store {
                         None => None,
                         Some(user) => {
                             let inserted = sqlx::query(
-                    "INSERT INTO users (public_key, invited_by, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (public_key) DO NOTHING",
-                )
-                .bind(user.as_bytes().as_slice())
-                .bind(creator)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                                "INSERT INTO users (public_key, invited_by, created_at) \
+                                 VALUES ($1, $2, $3) \
+                                 ON CONFLICT (public_key) DO NOTHING",
+                            )
+                            .bind(user.as_bytes().as_slice())
+                            .bind(creator)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
                             Some(inserted.rows_affected() == 1)
                         }
                     };

@@ -73,10 +73,9 @@ impl Store {
             .pragma("secure_delete", "ON");
         let mut writer = options.connect().await?;
         sqlx::migrate!("./migrations").run(&mut writer).await?;
-        let readers = Readers::open(&options, READERS).await?;
         Ok(Store {
             writer: Writer::start(writer)?,
-            readers: Arc::new(readers),
+            readers: Arc::new(Readers::new(options, READERS)),
         })
     }
 

@@ -119,23 +119,18 @@ impl Store {
         now: Millis,
         client_version: Option<&str>,
     ) -> Result<()> {
-        let client_version = client_version.map(str::to_owned);
         self.writer
-            .run(move |tx| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE users SET last_seen_at = $1, \
-                         client_version = COALESCE($2, client_version) WHERE id = $3",
-                    )
-                    .bind(now)
-                    .bind(client_version)
-                    .bind(entry)
-                    .execute(&mut *tx)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(
+                sqlx::query(
+                    "UPDATE users SET last_seen_at = $1, \
+                     client_version = COALESCE($2, client_version) WHERE id = $3",
+                )
+                .bind(now)
+                .bind(client_version.map(str::to_owned))
+                .bind(entry),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The attachment of one of `recipient`'s parcels.
@@ -333,8 +328,8 @@ pub(super) async fn delete_unreferenced_attachments(
 /// value: each row of a result is a message between the connection's thread
 /// and ours, and for a full inbox those cost more than the query.
 const PARCELS_JSON: &str = "SELECT json_group_array(json_array(p.id, p.type, p.content, \
-     hex(p.sender_key), p.created_at, a.size) ORDER BY p.seq) \
-     FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id";
+                            hex(p.sender_key), p.created_at, a.size) ORDER BY p.seq) \
+                            FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id";
 
 /// Decodes [`PARCELS_JSON`].
 fn parcel_rows(json: &str) -> Result<Vec<ParcelRow>> {

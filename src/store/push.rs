@@ -29,7 +29,7 @@ impl Store {
     pub async fn due_pushes(&self, now: Millis, limit: i64) -> Result<Vec<DuePush>> {
         let rows = sqlx::query(
             "SELECT o.id, o.user_id, o.payload, o.attempts, o.expires_at, \
-                    s.endpoint, s.p256dh, s.auth, s.content_encoding, s.expires_at \
+             s.endpoint, s.p256dh, s.auth, s.content_encoding, s.expires_at \
              FROM push_outbox o JOIN push_subscriptions s ON s.user_id = o.user_id \
              WHERE o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id LIMIT $2",
         )

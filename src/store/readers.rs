@@ -1,4 +1,5 @@
-//! A fixed set of read connections, each kept open for the server's life.
+//! Up to a fixed number of read connections, each opened when first needed
+//! (so a start stays quick and an idle server small) and then kept open.
 //!
 //! `sqlx`'s own pool pings a connection on every release (a round trip to
 //! the connection's thread per query); for a local SQLite file that only
@@ -15,6 +16,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::error::{Error, Result};
 
 pub(super) struct Readers {
+    options: SqliteConnectOptions,
     free: Mutex<Vec<SqliteConnection>>,
     permits: Semaphore,
     size: u32,
@@ -28,16 +30,13 @@ pub(super) struct ReadConn<'a> {
 }
 
 impl Readers {
-    pub(super) async fn open(options: &SqliteConnectOptions, size: u32) -> Result<Self> {
-        let mut free = Vec::with_capacity(size as usize);
-        for _ in 0..size {
-            free.push(options.connect().await?);
-        }
-        Ok(Readers {
-            free: Mutex::new(free),
+    pub(super) fn new(options: SqliteConnectOptions, size: u32) -> Self {
+        Readers {
+            options,
+            free: Mutex::new(Vec::with_capacity(size as usize)),
             permits: Semaphore::new(size as usize),
             size,
-        })
+        }
     }
 
     pub(super) async fn get(&self) -> Result<ReadConn<'_>> {
@@ -46,13 +45,12 @@ impl Readers {
             .acquire()
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-        let conn = self
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            // A permit is only ever held together with a connection.
-            .ok_or_else(|| Error::internal("no free read connection"))?;
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // With a permit and none free, fewer than `size` are open.
+        let conn = match free {
+            Some(conn) => conn,
+            None => self.options.connect().await?,
+        };
         Ok(ReadConn {
             conn: Some(conn),
             readers: self,

@@ -17,8 +17,9 @@ impl Store {
                 Box::pin(async move {
                     let deleted: Vec<(Option<String>,)> = sqlx::query_as(
                         "DELETE FROM parcels WHERE seq IN \
-             (SELECT seq FROM parcels WHERE created_at < $1 ORDER BY created_at LIMIT $2) \
-             RETURNING attachment_id",
+                         (SELECT seq FROM parcels WHERE created_at < $1 \
+                         ORDER BY created_at LIMIT $2) \
+                         RETURNING attachment_id",
                     )
                     .bind(cutoff)
                     .bind(BATCH)
@@ -39,7 +40,7 @@ impl Store {
             .execute(
                 sqlx::query(
                     "DELETE FROM exchanges WHERE token IN \
-             (SELECT token FROM exchanges WHERE created_at < $1 LIMIT $2)",
+                     (SELECT token FROM exchanges WHERE created_at < $1 LIMIT $2)",
                 )
                 .bind(cutoff)
                 .bind(BATCH),
@@ -73,13 +74,17 @@ impl Store {
 
     /// Deletes up to one batch of pushes whose TTL has passed.
     pub async fn expire_outbox_batch(&self, now: Millis) -> Result<u64> {
-        let done = self.writer.execute(sqlx::query(
-            "DELETE FROM push_outbox WHERE id IN (SELECT id FROM push_outbox WHERE expires_at <= $1 LIMIT $2)",
-        )
-        .bind(now)
-        .bind(BATCH)
-        )
-        .await?;
+        let done = self
+            .writer
+            .execute(
+                sqlx::query(
+                    "DELETE FROM push_outbox WHERE id IN \
+                     (SELECT id FROM push_outbox WHERE expires_at <= $1 LIMIT $2)",
+                )
+                .bind(now)
+                .bind(BATCH),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -91,7 +96,8 @@ impl Store {
                 Box::pin(async move {
                     let rows: Vec<(String,)> = sqlx::query_as(
                         "DELETE FROM attachments WHERE NOT EXISTS \
-             (SELECT 1 FROM parcels WHERE parcels.attachment_id = attachments.id) RETURNING id",
+                         (SELECT 1 FROM parcels WHERE parcels.attachment_id = attachments.id) \
+                         RETURNING id",
                     )
                     .fetch_all(&mut *tx)
                     .await?;

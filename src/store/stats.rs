@@ -24,8 +24,8 @@ impl Store {
     pub async fn statistics(&self, now: Millis) -> Result<Statistics> {
         let (total, active_7d, active_30d): (i64, i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), \
-                    COUNT(*) FILTER (WHERE last_seen_at >= $1), \
-                    COUNT(*) FILTER (WHERE last_seen_at >= $2) \
+             COUNT(*) FILTER (WHERE last_seen_at >= $1), \
+             COUNT(*) FILTER (WHERE last_seen_at >= $2) \
              FROM users WHERE public_key IS NOT NULL",
         )
         .bind(now - 7 * DAY)

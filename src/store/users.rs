@@ -63,18 +63,21 @@ impl Store {
         self.writer
             .run(move |tx| {
                 Box::pin(async move {
-        sqlx::query("DELETE FROM contacts WHERE user_id = $1")
-            .bind(entry_id)
-            .execute(&mut *tx)
-            .await?;
-        for contact in &contacts {
-            sqlx::query("INSERT INTO contacts (user_id, contact_key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(entry_id)
-                .bind(contact.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
+                    sqlx::query("DELETE FROM contacts WHERE user_id = $1")
+                        .bind(entry_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    for contact in &contacts {
+                        sqlx::query(
+                            "INSERT INTO contacts (user_id, contact_key) VALUES ($1, $2) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(entry_id)
+                        .bind(contact.as_bytes().as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Ok(())
                 })
             })
             .await

@@ -20,7 +20,9 @@
 //!
 //! The savepoint is named `job` and reused: a kept job's `RELEASE` runs
 //! together with the next job's `SAVEPOINT` (and `COMMIT` implies it), and a
-//! failed job's `ROLLBACK TO` leaves an empty savepoint for the next job.
+//! failed job's `ROLLBACK TO` leaves an empty savepoint for the next job. A
+//! job of one statement (`Writer::execute`) runs without a savepoint of its
+//! own: SQLite undoes a failed statement alone.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -50,9 +52,16 @@ const QUEUE: usize = 1024;
 type Outcome = Result<(), Arc<str>>;
 /// Tells a kept job's caller how the commit went.
 type Finish = Box<dyn FnOnce(Outcome) + Send>;
-/// A job: its work on the connection; `Some` when kept.
-type Job =
+/// A job's work on the connection; `Some` when kept.
+type Work =
     Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Option<Finish>> + Send>;
+
+struct Job {
+    work: Work,
+    /// One statement: atomic by itself (SQLite undoes a failed statement
+    /// alone), so it needs no savepoint of its own.
+    single_statement: bool,
+}
 /// Work outside any transaction.
 type Solo = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
 
@@ -95,8 +104,29 @@ impl Writer {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
+        self.submit(job, false).await
+    }
+
+    /// Runs one statement as a job of its own (without a savepoint: see
+    /// `batch`).
+    pub(super) async fn execute(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<SqliteQueryResult> {
+        self.submit(
+            move |tx| Box::pin(async move { Ok(query.execute(&mut *tx).await?) }),
+            true,
+        )
+        .await
+    }
+
+    async fn submit<T, F>(&self, job: F, single_statement: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |conn| {
+        let work: Work = Box::new(move |conn| {
             Box::pin(async move {
                 match AssertUnwindSafe(job(conn)).catch_unwind().await {
                     Ok(Ok(value)) => Some(Box::new(move |outcome: Outcome| {
@@ -117,20 +147,15 @@ impl Writer {
                 }
             })
         });
+        let job = Job {
+            work,
+            single_statement,
+        };
         self.queue
             .send(Request::Job(job))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| stopped())?
-    }
-
-    /// Runs one statement as a job of its own.
-    pub(super) async fn execute(
-        &self,
-        query: Query<'static, Sqlite, SqliteArguments<'static>>,
-    ) -> Result<SqliteQueryResult> {
-        self.run(move |tx| Box::pin(async move { Ok(query.execute(&mut *tx).await?) }))
-            .await
     }
 
     /// Runs `work` outside any transaction (for statements such as a WAL
@@ -216,28 +241,39 @@ async fn batch(
     }
     let opened = Instant::now();
     let mut kept: Vec<Finish> = Vec::new();
-    // Whether the savepoint holds kept work (to release before the next).
-    let mut holds_kept = false;
+    // The savepoint holds work of earlier jobs: released (and a fresh one
+    // set) before a job that needs a savepoint of its own.
+    let mut holds_work = false;
+    // A lone statement failed: SQLite may have ended the transaction (it
+    // does on some errors), so the next job first checks that the savepoint
+    // is still there; without the check a lone statement would run outside
+    // any transaction.
+    let mut check = false;
     let mut job = first;
     let mut after = None;
     let mut broken = None;
     loop {
-        if holds_kept && let Err(e) = conn.execute("RELEASE job; SAVEPOINT job").await {
-            broken = Some(e);
-            drop(job);
-            break;
+        let single = job.single_statement;
+        if check || (holds_work && !single) {
+            if let Err(e) = conn.execute("RELEASE job; SAVEPOINT job").await {
+                broken = Some(e);
+                drop(job);
+                break;
+            }
+            (holds_work, check) = (false, false);
         }
-        match job(conn).await {
+        match (job.work)(conn).await {
             Some(finish) => {
                 kept.push(finish);
-                holds_kept = true;
+                holds_work = true;
             }
+            // Undone by SQLite alone.
+            None if single => check = true,
             None => {
                 if let Err(e) = conn.execute("ROLLBACK TO job").await {
                     broken = Some(e);
                     break;
                 }
-                holds_kept = false;
             }
         }
         if kept.len() >= MAX_JOBS || opened.elapsed() >= MAX_AGE {
@@ -400,6 +436,48 @@ mod tests {
                     .flat_map(|i| [100 + i, 200 + i]),
             )
             .collect();
+        expected.sort_unstable();
+        assert_eq!(committed(&db.options).await, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lone_statements_share_savepoints_and_fail_alone() {
+        let db = db().await;
+        insert(&db.writer, vec![1], false).await.unwrap();
+        let tasks: Vec<_> = (0..90)
+            .map(|i| {
+                let writer = db.writer.clone();
+                tokio::spawn(async move {
+                    let lone =
+                        |k: i64| sqlx::query("INSERT INTO t (k, v) VALUES ($1, 's')").bind(k);
+                    match i % 6 {
+                        0 => writer.execute(lone(100 + i)).await.map(|_| ()),
+                        // A lone statement that fails: duplicate key.
+                        1 => writer.execute(lone(1)).await.map(|_| ()),
+                        2 => insert(&writer, vec![100 + i, 200 + i], false)
+                            .await
+                            .map(|_| ()),
+                        // A job that fails after writing.
+                        3 => insert(&writer, vec![100 + i, 200 + i], true)
+                            .await
+                            .map(|_| ()),
+                        4 => writer.execute(lone(100 + i)).await.map(|_| ()),
+                        _ => insert(&writer, vec![100 + i, 1], false).await.map(|_| ()),
+                    }
+                })
+            })
+            .collect();
+        let mut expected = vec![1];
+        for (i, task) in (0..90).zip(tasks) {
+            let done = task.await.unwrap();
+            let ok = matches!(i % 6, 0 | 2 | 4);
+            assert_eq!(done.is_ok(), ok, "job {i}: {done:?}");
+            match i % 6 {
+                0 | 4 => expected.push(100 + i),
+                2 => expected.extend([100 + i, 200 + i]),
+                _ => {}
+            }
+        }
         expected.sort_unstable();
         assert_eq!(committed(&db.options).await, expected);
     }

@@ -208,7 +208,13 @@ async fn serve(
                 }
             }
             Request::Solo(work) => {
-                work(&mut conn).await;
+                if AssertUnwindSafe(work(&mut conn))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("database work outside a transaction panicked");
+                }
                 next = requests.recv().await;
             }
             Request::Close(done) => {

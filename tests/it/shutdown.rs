@@ -1,4 +1,4 @@
-//! Graceful shutdown of the real binary on SIGTERM.
+//! The real binary: graceful shutdown on SIGTERM, and a crash (SIGKILL).
 
 use std::{
     io::{BufRead, BufReader},
@@ -64,35 +64,44 @@ fn start(
     (child, addr, link)
 }
 
+/// Accepts the exchange `token` and signs `user` up with it.
+async fn accept(anon: &HttpClient, token: String, user: &RequestSigner) {
+    let _: pb::AcceptExchangeResponse = anon
+        .grpc_web_unary(
+            "/piqchat.inbox.v1.ExchangeService/AcceptExchange",
+            &pb::AcceptExchangeRequest {
+                token,
+                answer: None,
+                user_id: Some(user.user_id().to_string()),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// The server's public key (the signatures' `tag`).
+async fn server_tag(url: &str) -> String {
+    let info = HttpClient::new(url, None)
+        .json(http::Method::GET, "/v1/info", None)
+        .await
+        .unwrap();
+    info.json()["serverPublicKey"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_send_finish_and_refuses_new_connections() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr, link) = start(dir.path(), true);
     let link = link.unwrap();
     let url = format!("http://{addr}");
-    let info = HttpClient::new(&url, None)
-        .json(http::Method::GET, "/v1/info", None)
-        .await
-        .unwrap();
-    let tag = info.json()["serverPublicKey"].as_str().unwrap().to_owned();
+    let tag = server_tag(&url).await;
     let alice = RequestSigner::new(UserKey::generate(), tag.clone());
     let bob = RequestSigner::new(UserKey::generate(), tag.clone());
 
     // Bob signs up with the printed invite, then a second invite for alice
     // comes from bob's friend invite.
     let anon = HttpClient::new(&url, None);
-    let accept = |token: String, user: String| pb::AcceptExchangeRequest {
-        token,
-        answer: None,
-        user_id: Some(user),
-    };
-    let _: pb::AcceptExchangeResponse = anon
-        .grpc_web_unary(
-            "/piqchat.inbox.v1.ExchangeService/AcceptExchange",
-            &accept(token_of_link(&link), bob.user_id().to_string()),
-        )
-        .await
-        .unwrap();
+    accept(&anon, token_of_link(&link), &bob).await;
     let bob_http = HttpClient::new(&url, Some(bob.clone()));
     let created: pb::CreateExchangeResponse = bob_http
         .grpc_web_unary(
@@ -103,13 +112,7 @@ async fn sigterm_lets_an_in_flight_send_finish_and_refuses_new_connections() {
         )
         .await
         .unwrap();
-    let _: pb::AcceptExchangeResponse = anon
-        .grpc_web_unary(
-            "/piqchat.inbox.v1.ExchangeService/AcceptExchange",
-            &accept(created.token, alice.user_id().to_string()),
-        )
-        .await
-        .unwrap();
+    accept(&anon, created.token, &alice).await;
     let _: pb::SetContactsResponse = bob_http
         .grpc_web_unary(
             "/piqchat.inbox.v1.AccountService/SetContacts",
@@ -197,5 +200,73 @@ async fn sigterm_lets_an_in_flight_send_finish_and_refuses_new_connections() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn a_killed_server_keeps_every_write_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, link) = start(dir.path(), true);
+    let url = format!("http://{addr}");
+    let bob = RequestSigner::new(UserKey::generate(), server_tag(&url).await);
+    accept(
+        &HttpClient::new(&url, None),
+        token_of_link(&link.unwrap()),
+        &bob,
+    )
+    .await;
+
+    // Writers that keep creating exchanges (which share commits) until the
+    // server is gone; each keeps the tokens it got an answer for.
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let http = HttpClient::new(&url, Some(bob.clone()));
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                loop {
+                    let created: Result<pb::CreateExchangeResponse, _> = http
+                        .grpc_web_unary(
+                            "/piqchat.inbox.v1.ExchangeService/CreateExchange",
+                            &pb::CreateExchangeRequest {
+                                offer: "card".into(),
+                            },
+                        )
+                        .await;
+                    match created {
+                        Ok(created) => acknowledged.push(created.token),
+                        Err(_) => return acknowledged,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 16,
+        "only {} writes before the kill",
+        acknowledged.len()
+    );
+
+    // After a restart every acknowledged exchange is there.
+    let (mut child, addr, _) = start(dir.path(), false);
+    let http = HttpClient::new(&format!("http://{addr}"), Some(bob));
+    for token in &acknowledged {
+        let found: Result<pb::GetExchangeResponse, _> = http
+            .grpc_web_unary(
+                "/piqchat.inbox.v1.ExchangeService/GetExchange",
+                &pb::GetExchangeRequest {
+                    token: token.clone(),
+                },
+            )
+            .await;
+        assert!(found.is_ok(), "acknowledged exchange lost: {found:?}");
+    }
+    let _ = child.kill();
     let _ = child.wait();
 }

@@ -51,29 +51,31 @@ pub struct ParcelRow {
 
 impl Store {
     /// The registered recipients among `ids` that have `sender` on their
-    /// whitelist, as (user id, entry id).
+    /// whitelist, as (user id, entry id), in the order of `ids`. One query
+    /// for all of them (the ids go in as a JSON array of hex keys).
     pub async fn accepting_recipients(
         &self,
         sender: &UserId,
         ids: &[UserId],
     ) -> Result<Vec<(UserId, i64)>> {
-        let mut found = Vec::with_capacity(ids.len());
-        let mut conn = self.readers.get().await?;
-        for id in ids {
-            let row: Option<(i64,)> = sqlx::query_as(
-                "SELECT u.id FROM users u \
-                 JOIN contacts c ON c.user_id = u.id AND c.contact_key = $2 \
-                 WHERE u.public_key = $1",
-            )
-            .bind(id.as_bytes().as_slice())
-            .bind(sender.as_bytes().as_slice())
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some((entry,)) = row {
-                found.push((*id, entry));
-            }
-        }
-        Ok(found)
+        let keys: Vec<String> = ids.iter().map(|id| hex(id.as_bytes())).collect();
+        let keys = serde_json::to_string(&keys).map_err(crate::error::Error::internal)?;
+        let rows: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT u.public_key, u.id FROM users u \
+             JOIN contacts c ON c.user_id = u.id AND c.contact_key = $2 \
+             WHERE u.public_key IN (SELECT unhex(value) FROM json_each($1))",
+        )
+        .bind(keys)
+        .bind(sender.as_bytes().as_slice())
+        .fetch_all(&mut *self.readers.get().await?)
+        .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let (_, entry) = rows.iter().find(|(key, _)| key == id.as_bytes())?;
+                Some((*id, *entry))
+            })
+            .collect())
     }
 
     /// Stores the attachment row and every parcel in one transaction, after
@@ -227,15 +229,23 @@ async fn insert_parcels(
     tx: &mut sqlx::SqliteConnection,
     new: &NewParcels,
 ) -> Result<Result<(), QuotaExceeded>> {
+    // What each recipient has waiting, in one query.
+    let recipients: Vec<i64> = new.parcels.iter().map(|p| p.recipient).collect();
+    let recipients = serde_json::to_string(&recipients).map_err(crate::error::Error::internal)?;
+    let waiting: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT p.recipient_id, COUNT(*), COALESCE(SUM(a.size), 0) FROM parcels p \
+         LEFT JOIN attachments a ON a.id = p.attachment_id \
+         WHERE p.recipient_id IN (SELECT value FROM json_each($1)) GROUP BY p.recipient_id",
+    )
+    .bind(recipients)
+    .fetch_all(&mut *tx)
+    .await?;
     for p in &new.parcels {
-        let (waiting, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(a.size), 0) FROM parcels p \
-             LEFT JOIN attachments a ON a.id = p.attachment_id WHERE p.recipient_id = $1",
-        )
-        .bind(p.recipient)
-        .fetch_one(&mut *tx)
-        .await?;
-        if waiting >= i64::from(new.max_waiting_parcels) {
+        let (parcels, bytes) = waiting
+            .iter()
+            .find(|(r, _, _)| *r == p.recipient)
+            .map_or((0, 0), |&(_, n, b)| (n, b));
+        if parcels >= i64::from(new.max_waiting_parcels) {
             return Ok(Err(QuotaExceeded::Parcels {
                 recipient: p.recipient,
             }));
@@ -350,6 +360,11 @@ fn parcel_rows(json: &str) -> Result<Vec<ParcelRow>> {
         .collect())
 }
 
+/// Hex of `bytes`, as SQLite's `unhex()` reads it.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Decodes SQLite's `hex()` of a 32-byte key.
 fn decode_hex32(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
@@ -376,5 +391,6 @@ mod tests {
         assert_eq!(decode_hex32(&text.to_lowercase()), Some(key));
         assert_eq!(decode_hex32(&text[1..]), None);
         assert_eq!(decode_hex32(&format!("{}zz", &text[2..])), None);
+        assert_eq!(decode_hex32(&super::hex(&key)), Some(key));
     }
 }

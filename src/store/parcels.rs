@@ -237,7 +237,7 @@ async fn insert_parcels(
          LEFT JOIN attachments a ON a.id = p.attachment_id \
          WHERE p.recipient_id IN (SELECT value FROM json_each($1)) GROUP BY p.recipient_id",
     )
-    .bind(recipients)
+    .bind(&recipients)
     .fetch_all(&mut *tx)
     .await?;
     for p in &new.parcels {
@@ -265,36 +265,39 @@ async fn insert_parcels(
             .execute(&mut *tx)
             .await?;
     }
-    for p in &new.parcels {
+    // All parcels in one statement, and the pushes in another: each
+    // statement is a round trip to the connection's thread, and the writer
+    // runs one job after another.
+    let rows: Vec<(String, i64, &str)> = new
+        .parcels
+        .iter()
+        .map(|p| (p.id.to_string(), p.recipient, p.content.as_str()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
+         SELECT value ->> 0, value ->> 1, $2, $3, value ->> 2, $4, $5 FROM json_each($1)",
+    )
+    .bind(serde_json::to_string(&rows).map_err(crate::error::Error::internal)?)
+    .bind(new.sender.as_bytes().as_slice())
+    .bind(&new.kind)
+    .bind(new.attachment.map(|(id, _)| id.to_string()))
+    .bind(new.now)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(push) = &new.push {
+        // Only recipients with a subscription get a row; the pushes commit
+        // (or not) with the parcels.
         sqlx::query(
-            "INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
+             SELECT value, $2, $3, $4, $3 FROM json_each($1) \
+             WHERE EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = value)",
         )
-        .bind(p.id.to_string())
-        .bind(p.recipient)
-        .bind(new.sender.as_bytes().as_slice())
-        .bind(&new.kind)
-        .bind(&p.content)
-        .bind(new.attachment.map(|(id, _)| id.to_string()))
+        .bind(&recipients)
+        .bind(&push.payload)
         .bind(new.now)
+        .bind(new.now + push.ttl)
         .execute(&mut *tx)
         .await?;
-    }
-    if let Some(push) = &new.push {
-        for p in &new.parcels {
-            // Only recipients with a subscription get a row; the pushes
-            // commit (or not) with the parcels.
-            sqlx::query(
-                "INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
-                 SELECT $1, $2, $3, $4, $3 WHERE EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = $1)",
-            )
-            .bind(p.recipient)
-            .bind(&push.payload)
-            .bind(new.now)
-            .bind(new.now + push.ttl)
-            .execute(&mut *tx)
-            .await?;
-        }
     }
     if new.kind == "MEDIA" {
         sqlx::query(

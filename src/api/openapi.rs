@@ -22,7 +22,10 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value, json};
 
-use super::gateway::{BodyRule, Route, RouteMethod, RouteTable};
+use super::gateway::{
+    BodyRule, Route, RouteMethod, RouteTable,
+    transcode::{is_query_scalar, is_wrapper},
+};
 
 /// Full names of the gRPC methods that need no signature. A signature on
 /// them is optional (and, when present, still checked).
@@ -330,29 +333,6 @@ impl QueryWalk<'_, '_, '_> {
         }
         self.visiting.pop();
     }
-}
-
-/// Messages the gateway parses from one query value.
-fn is_query_scalar(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
-    ) || is_wrapper(message)
-}
-
-fn is_wrapper(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.DoubleValue"
-            | "google.protobuf.FloatValue"
-            | "google.protobuf.Int64Value"
-            | "google.protobuf.UInt64Value"
-            | "google.protobuf.Int32Value"
-            | "google.protobuf.UInt32Value"
-            | "google.protobuf.BoolValue"
-            | "google.protobuf.StringValue"
-            | "google.protobuf.BytesValue"
-    )
 }
 
 fn request_body(route: &Route, comments: &Comments, schemas: &mut Schemas<'_>) -> Option<Value> {

@@ -502,7 +502,30 @@ fn parse_kind(name: &str, kind: &Kind, text: &str) -> Result<Value, RequestError
 }
 
 /// Messages that have a scalar JSON form (timestamps, durations, field
-/// masks, wrappers) can be set from one query value.
+/// masks, wrappers): one query value can set them (`parse_message_scalar`).
+pub fn is_query_scalar(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+    ) || is_wrapper(message)
+}
+
+/// The `google.protobuf` wrapper messages (`Int32Value`, ...).
+pub fn is_wrapper(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+    )
+}
+
 fn parse_message_scalar(
     name: &str,
     desc: &MessageDescriptor,
@@ -521,15 +544,7 @@ fn parse_message_scalar(
                 .map(Value::Message)
                 .map_err(|_| invalid(name, hint))
         }
-        "google.protobuf.DoubleValue"
-        | "google.protobuf.FloatValue"
-        | "google.protobuf.Int64Value"
-        | "google.protobuf.UInt64Value"
-        | "google.protobuf.Int32Value"
-        | "google.protobuf.UInt32Value"
-        | "google.protobuf.BoolValue"
-        | "google.protobuf.StringValue"
-        | "google.protobuf.BytesValue" => {
+        _ if is_wrapper(desc) => {
             let Some(inner) = desc.get_field_by_name("value") else {
                 return Err(invalid(name, "malformed wrapper type"));
             };

@@ -1690,6 +1690,31 @@ fn percent(cpu_s: f64, wall_s: f64) -> String {
     format!("{:.0}%", 100.0 * cpu_s / wall_s)
 }
 
+impl RunResult {
+    /// The server's peak RSS in MiB and its CPU (percent of one core), when
+    /// its PID was given.
+    fn server_usage(&self) -> Option<(f64, String)> {
+        self.server.as_ref().map(|s| {
+            (
+                s.peak_rss_kib as f64 / 1024.0,
+                format!("{:.0}%", 100.0 * s.cpu_s / self.duration_s),
+            )
+        })
+    }
+
+    /// Errors by status as `<status><kv><count>` joined by `sep`; `None`
+    /// when there were none.
+    fn errors_text(&self, kv: &str, sep: &str) -> Option<String> {
+        (!self.errors_by_status.is_empty()).then(|| {
+            self.errors_by_status
+                .iter()
+                .map(|(k, v)| format!("{k}{kv}{v}"))
+                .collect::<Vec<_>>()
+                .join(sep)
+        })
+    }
+}
+
 fn print_table(results: &[RunResult]) {
     println!(
         "{:<12} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8}  errors",
@@ -1708,22 +1733,12 @@ fn print_table(results: &[RunResult]) {
         "other"
     );
     for r in results {
-        let (rss, cpu) = match &r.server {
-            Some(s) => (
-                format!("{:.1}M", s.peak_rss_kib as f64 / 1024.0),
-                format!("{:.0}%", 100.0 * s.cpu_s / r.duration_s),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let errors = if r.errors_by_status.is_empty() {
-            "-".to_owned()
-        } else {
-            r.errors_by_status
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let (rss, cpu) = r
+            .server_usage()
+            .map_or(("-".into(), "-".into()), |(mib, cpu)| {
+                (format!("{mib:.1}M"), cpu)
+            });
+        let errors = r.errors_text("=", " ").unwrap_or_else(|| "-".into());
         println!(
             "{:<12} {:<8} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>8} {:>8} {:>8}  {}",
             r.scenario.name(),
@@ -2234,22 +2249,12 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server CPU | generator CPU | other CPU | errors |\n");
     md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in &runs {
-        let (rss, cpu) = match &r.server {
-            Some(s) => (
-                format!("{:.1}", s.peak_rss_kib as f64 / 1024.0),
-                format!("{:.0}%", 100.0 * s.cpu_s / r.duration_s),
-            ),
-            None => ("-".into(), "-".into()),
-        };
-        let errors = if r.errors_by_status.is_empty() {
-            "0".to_owned()
-        } else {
-            r.errors_by_status
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let (rss, cpu) = r
+            .server_usage()
+            .map_or(("-".into(), "-".into()), |(mib, cpu)| {
+                (format!("{mib:.1}"), cpu)
+            });
+        let errors = r.errors_text(": ", ", ").unwrap_or_else(|| "0".into());
         md.push_str(&format!(
             "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |\n",
             r.scenario.name(),

@@ -304,11 +304,7 @@ async fn the_push_subscription_shim_takes_browser_json() {
     let app = TestApp::spawn().await;
     let alice = app.registered_user().await;
     let sub = browser_subscription();
-    let reply = alice
-        .http()
-        .json(Method::PUT, "/v1/account/push-subscription", Some(&sub))
-        .await
-        .unwrap();
+    let reply = alice.put_push_subscription(&sub).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     assert!(get_account(&alice).await.unwrap().push_subscribed);
     let row = app
@@ -333,11 +329,7 @@ async fn the_push_subscription_shim_takes_browser_json() {
     let mut legacy = browser_subscription();
     legacy["contentEncoding"] = json!("aesgcm");
     legacy["expirationTime"] = json!(1_900_000_000_000.0_f64);
-    let reply = alice
-        .http()
-        .json(Method::PUT, "/v1/account/push-subscription", Some(&legacy))
-        .await
-        .unwrap();
+    let reply = alice.put_push_subscription(&legacy).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     let stored = app
         .state
@@ -422,11 +414,7 @@ async fn push_subscriptions_are_validated_field_by_field() {
         (bad(&|s| s["keys"] = json!(null)), "keys.p256dh"),
     ];
     for (body, field) in cases {
-        let reply = alice
-            .http()
-            .json(Method::PUT, "/v1/account/push-subscription", Some(&body))
-            .await
-            .unwrap();
+        let reply = alice.put_push_subscription(&body).await;
         assert_eq!(reply.status, 400, "{field}: {:?}", reply.json());
         let message = reply.json()["message"]
             .as_str()
@@ -472,15 +460,7 @@ async fn deleting_an_account_really_deletes() {
         })
         .await
         .unwrap();
-    let reply = bob
-        .http()
-        .json(
-            Method::PUT,
-            "/v1/account/push-subscription",
-            Some(&browser_subscription()),
-        )
-        .await
-        .unwrap();
+    let reply = bob.put_push_subscription(&browser_subscription()).await;
     assert_eq!(reply.status, 200);
     assert_eq!(app.attachment_files(), 1);
 

@@ -307,6 +307,21 @@ impl TestUser {
             .expect("set contacts");
     }
 
+    /// Stores `subscription` (browser JSON) through the signed JSON shim.
+    pub async fn put_push_subscription(
+        &self,
+        subscription: &serde_json::Value,
+    ) -> piqchat_inbox::client::HttpReply {
+        self.http()
+            .json(
+                http::Method::PUT,
+                "/v1/account/push-subscription",
+                Some(subscription),
+            )
+            .await
+            .expect("the request reaches the server")
+    }
+
     /// Sends a parcel of `kind` to `recipients` (each gets `content-<i>`).
     pub async fn send(
         &self,

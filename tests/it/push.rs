@@ -27,11 +27,7 @@ async fn subscribed_pair(
     if let Some(encoding) = encoding {
         sub["contentEncoding"] = json!(encoding);
     }
-    let reply = bob
-        .http()
-        .json(Method::PUT, "/v1/account/push-subscription", Some(&sub))
-        .await
-        .unwrap();
+    let reply = bob.put_push_subscription(&sub).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     (alice, bob)
 }
@@ -260,11 +256,7 @@ async fn internal_endpoints_are_refused_without_the_allow_setting() {
         "http://push.example.org/push/x",
     ] {
         sub["endpoint"] = json!(endpoint);
-        let reply = bob
-            .http()
-            .json(Method::PUT, "/v1/account/push-subscription", Some(&sub))
-            .await
-            .unwrap();
+        let reply = bob.put_push_subscription(&sub).await;
         assert_eq!(reply.status, 400, "{endpoint}: {:?}", reply.json());
         assert!(
             reply.json()["message"]
@@ -288,11 +280,7 @@ async fn internal_endpoints_are_refused_without_the_allow_setting() {
         .next()
         .expect("/etc/hosts names a loopback host other than localhost");
     sub["endpoint"] = json!(format!("https://{name}/push/x"));
-    let reply = bob
-        .http()
-        .json(Method::PUT, "/v1/account/push-subscription", Some(&sub))
-        .await
-        .unwrap();
+    let reply = bob.put_push_subscription(&sub).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     alice.send("MEDIA", &[&bob], None).await.unwrap();
     eventually("the push to be dropped", async || {
@@ -319,11 +307,7 @@ async fn removing_the_subscription_or_the_account_drops_pending_pushes() {
     let carol = app.registered_user().await;
     carol.set_contacts(&[&alice]).await;
     let sub = service.subscription("carol").json;
-    let reply = carol
-        .http()
-        .json(Method::PUT, "/v1/account/push-subscription", Some(&sub))
-        .await
-        .unwrap();
+    let reply = carol.put_push_subscription(&sub).await;
     assert_eq!(reply.status, 200);
 
     // Both pushes fail once and wait for a retry.

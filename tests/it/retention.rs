@@ -82,15 +82,7 @@ async fn inactive_users_are_deleted_with_everything_attached() {
         })
         .await
         .unwrap();
-    let reply = bob
-        .http()
-        .json(
-            http::Method::PUT,
-            "/v1/account/push-subscription",
-            Some(&browser_subscription()),
-        )
-        .await
-        .unwrap();
+    let reply = bob.put_push_subscription(&browser_subscription()).await;
     assert_eq!(reply.status, 200);
     let bob_row = app
         .state

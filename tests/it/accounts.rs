@@ -307,13 +307,7 @@ async fn the_push_subscription_shim_takes_browser_json() {
     let reply = alice.put_push_subscription(&sub).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     assert!(get_account(&alice).await.unwrap().push_subscribed);
-    let row = app
-        .state
-        .store
-        .user_by_key(&alice.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.user_row(&alice).await;
     let stored = app
         .state
         .store
@@ -502,13 +496,7 @@ async fn deleting_an_account_really_deletes() {
         .users;
     assert_eq!(users.len(), 2);
     assert_eq!(users[1].user_id, "");
-    let carol_row = app
-        .state
-        .store
-        .user_by_key(&carol.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let carol_row = app.user_row(&carol).await;
     assert_eq!(carol_row.invited_by, Some(i64::from(users[1].entry_id)));
 
     // The content is gone from the database files themselves.

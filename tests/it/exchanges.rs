@@ -186,20 +186,8 @@ async fn signing_up_through_a_friend_invite_records_the_inviter() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.sign_up(), SignUpResult::Created);
-    let carol_row = app
-        .state
-        .store
-        .user_by_key(&carol.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
-    let alice_row = app
-        .state
-        .store
-        .user_by_key(&alice.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let carol_row = app.user_row(&carol).await;
+    let alice_row = app.user_row(&alice).await;
     assert_eq!(carol_row.invited_by, Some(alice_row.entry_id));
 }
 

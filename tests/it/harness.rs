@@ -70,6 +70,16 @@ impl TestApp {
         }
     }
 
+    /// The stored row of a registered `user`.
+    pub async fn user_row(&self, user: &TestUser) -> piqchat_inbox::store::UserRow {
+        self.state
+            .store
+            .user_by_key(&user.key.user_id())
+            .await
+            .expect("the database answers")
+            .expect("the user is registered")
+    }
+
     pub fn db_path(&self) -> &Path {
         &self.state.config.database_path
     }

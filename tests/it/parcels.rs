@@ -642,36 +642,18 @@ async fn listing_records_the_client_version_and_stats_count_media() {
     req.metadata_mut()
         .insert("x-client-version", "2.4.1".parse().unwrap());
     bob.parcels().await.list_parcels(req).await.unwrap();
-    let row = app
-        .state
-        .store
-        .user_by_key(&bob.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.user_row(&bob).await;
     assert_eq!(row.client_version.as_deref(), Some("2.4.1"));
     assert_eq!(row.last_seen_at, Some(app.clock.now()));
     // Listing again within a minute writes nothing; later it does.
     let first_seen = app.clock.now();
     app.clock.advance(30 * 1000);
     bob.list().await;
-    let row = app
-        .state
-        .store
-        .user_by_key(&bob.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.user_row(&bob).await;
     assert_eq!(row.last_seen_at, Some(first_seen));
     app.clock.advance(60 * 1000);
     bob.list().await;
-    let row = app
-        .state
-        .store
-        .user_by_key(&bob.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = app.user_row(&bob).await;
     assert_eq!(row.last_seen_at, Some(app.clock.now()));
     assert_eq!(
         row.client_version.as_deref(),

@@ -84,13 +84,7 @@ async fn inactive_users_are_deleted_with_everything_attached() {
         .unwrap();
     let reply = bob.put_push_subscription(&browser_subscription()).await;
     assert_eq!(reply.status, 200);
-    let bob_row = app
-        .state
-        .store
-        .user_by_key(&bob.key.user_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let bob_row = app.user_row(&bob).await;
     assert!(
         app.state
             .store

@@ -193,11 +193,7 @@ async fn missing_and_malformed_signature_headers_are_401() {
         assert_eq!(reply.status, 401, "{garbage:?}: {:?}", reply.json());
     }
     // The server is still fine.
-    app.info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap();
+    app.get_info().await;
 }
 
 #[tokio::test]
@@ -554,11 +550,7 @@ async fn oversized_headers_are_refused_without_harm() {
             .status,
         200
     );
-    app.info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap();
+    app.get_info().await;
 }
 
 #[tokio::test]

@@ -160,6 +160,16 @@ impl TestApp {
         pb::info_service_client::InfoServiceClient::new(self.channel().await)
     }
 
+    /// GetInfo over unsigned gRPC.
+    pub async fn get_info(&self) -> pb::GetInfoResponse {
+        self.info()
+            .await
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .expect("GetInfo answers")
+            .into_inner()
+    }
+
     /// Stops the server and starts a new one on the same files, config and
     /// clock (a new port).
     pub async fn restart(self) -> TestApp {
@@ -180,14 +190,7 @@ impl TestApp {
     /// through the endpoint guard as a plain-HTTP origin).
     pub async fn spawn_with_push(adjust: impl FnOnce(&mut Config)) -> (TestApp, PushService) {
         let app = Self::spawn().await;
-        let vapid = app
-            .info()
-            .await
-            .get_info(pb::GetInfoRequest {})
-            .await
-            .expect("info")
-            .into_inner()
-            .vapid_public_key;
+        let vapid = app.get_info().await.vapid_public_key;
         let service = PushService::start(vapid).await;
         let origin = service.origin();
         let app = app

@@ -15,13 +15,7 @@ async fn get_info_is_the_same_over_grpc_grpc_web_and_json() {
     })
     .await;
 
-    let grpc = app
-        .info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .expect("gRPC GetInfo")
-        .into_inner();
+    let grpc = app.get_info().await;
     assert_eq!(grpc.server_public_key, app.server_tag);
     assert_eq!(grpc.server_public_key.len(), 43);
     assert_eq!(
@@ -67,21 +61,9 @@ async fn get_info_is_the_same_over_grpc_grpc_web_and_json() {
 #[tokio::test]
 async fn server_keys_persist_across_restarts() {
     let app = TestApp::spawn().await;
-    let first = app
-        .info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let first = app.get_info().await;
     let app = app.restart().await;
-    let again = app
-        .info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let again = app.get_info().await;
     assert_eq!(again.server_public_key, first.server_public_key);
     assert_eq!(again.vapid_public_key, first.vapid_public_key);
     // Another server has other keys.

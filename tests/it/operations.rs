@@ -30,11 +30,7 @@ async fn metrics_count_requests_auth_failures_and_parcels_on_the_admin_address()
     let alice = app.registered_user().await;
     let bob = app.registered_user().await;
     bob.set_contacts(&[&alice]).await;
-    app.info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap();
+    app.get_info().await;
     app.http()
         .json(Method::GET, "/v1/info", None)
         .await

@@ -661,30 +661,14 @@ async fn listing_records_the_client_version_and_stats_count_media() {
         "kept when not sent"
     );
 
-    let stats = app
-        .info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .statistics
-        .unwrap();
+    let stats = app.get_info().await.statistics.unwrap();
     assert_eq!(stats.media_parcels_waiting, 2);
     assert_eq!(stats.media_parcels_received_7d, 2);
     assert_eq!(stats.users_total, 2);
     assert_eq!(stats.users_active_7d, 1);
     // A week later the received count has rolled off (and the cache expired).
     app.clock.advance(8 * 86_400_000);
-    let stats = app
-        .info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .statistics
-        .unwrap();
+    let stats = app.get_info().await.statistics.unwrap();
     assert_eq!(stats.media_parcels_received_7d, 0);
     assert_eq!(stats.media_parcels_waiting, 2);
     assert_eq!(stats.users_active_7d, 0);

@@ -64,13 +64,7 @@ async fn outbox_depth(app: &TestApp) -> u64 {
 #[tokio::test]
 async fn a_media_parcel_pushes_the_exact_payload_in_both_encodings() {
     let (app, service) = TestApp::spawn_with_push(|_| {}).await;
-    let info = app
-        .info()
-        .await
-        .get_info(pb::GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = app.get_info().await;
     assert!(info.push_enabled);
     for (name, encoding) in [("modern", None), ("legacy", Some("aesgcm"))] {
         let (alice, bob) = subscribed_pair(&app, &service, name, encoding).await;

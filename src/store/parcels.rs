@@ -3,7 +3,7 @@
 use super::{
     NewPush, Store, UserRow, count,
     stats::day_of,
-    users::{RawUser, USER_COLUMNS, user_row},
+    users::{user_columns, user_row},
 };
 use crate::{
     clock::Millis,
@@ -49,6 +49,17 @@ pub struct ParcelRow {
     pub attachment_size: Option<u64>,
 }
 
+/// A recipient's parcels (`p`), oldest first, as one JSON array in one
+/// value: each row of a result is a message between the connection's thread
+/// and ours, and for a full inbox those cost more than the query.
+macro_rules! parcels_json {
+    () => {
+        "SELECT json_group_array(json_array(p.id, p.type, p.content, \
+         hex(p.sender_key), p.created_at, a.size) ORDER BY p.seq) \
+         FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id"
+    };
+}
+
 impl Store {
     /// The registered recipients among `ids` that have `sender` on their
     /// whitelist, as (user id, entry id), in the order of `ids`. One query
@@ -91,23 +102,37 @@ impl Store {
     /// listing is the hottest read, and each query is a round trip to a
     /// connection's thread.
     pub async fn inbox_of(&self, user: &UserId) -> Result<Option<(UserRow, Vec<ParcelRow>)>> {
-        let row: Option<(RawUser, String)> = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS}, ({PARCELS_JSON} WHERE p.recipient_id = users.id) \
-             FROM users WHERE public_key = $1"
+        type Row = (
+            i64,
+            Vec<u8>,
+            Option<i64>,
+            i64,
+            Option<i64>,
+            Option<String>,
+            String,
+        );
+        let row: Option<Row> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", (",
+            parcels_json!(),
+            " WHERE p.recipient_id = users.id) FROM users WHERE public_key = $1"
         ))
         .bind(user.as_bytes().as_slice())
         .fetch_optional(&mut *self.readers.get().await?)
-        .await?
-        .map(|r| {
-            use sqlx::Row as _;
-            (
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
-                r.get(6),
-            )
-        });
-        let Some((raw, json)) = row else {
+        .await?;
+        let Some((id, key, invited_by, created_at, last_seen_at, client_version, json)) = row
+        else {
             return Ok(None);
         };
+        let raw = (
+            id,
+            key,
+            invited_by,
+            created_at,
+            last_seen_at,
+            client_version,
+        );
         let Some(user) = user_row(raw) else {
             return Ok(None);
         };
@@ -337,14 +362,7 @@ pub(super) async fn delete_unreferenced_attachments(
     Ok(orphans)
 }
 
-/// A recipient's parcels (`p`), oldest first, as one JSON array in one
-/// value: each row of a result is a message between the connection's thread
-/// and ours, and for a full inbox those cost more than the query.
-const PARCELS_JSON: &str = "SELECT json_group_array(json_array(p.id, p.type, p.content, \
-                            hex(p.sender_key), p.created_at, a.size) ORDER BY p.seq) \
-                            FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id";
-
-/// Decodes [`PARCELS_JSON`].
+/// Decodes the value of `parcels_json!`.
 fn parcel_rows(json: &str) -> Result<Vec<ParcelRow>> {
     type Raw = (String, String, String, String, Millis, Option<i64>);
     let raw: Vec<Raw> = serde_json::from_str(json).map_err(crate::error::Error::internal)?;
@@ -365,7 +383,13 @@ fn parcel_rows(json: &str) -> Result<Vec<ParcelRow>> {
 
 /// Hex of `bytes`, as SQLite's `unhex()` reads it.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// Decodes SQLite's `hex()` of a 32-byte key.

@@ -29,13 +29,21 @@ pub(super) fn user_row(raw: RawUser) -> Option<UserRow> {
     })
 }
 
-pub(super) const USER_COLUMNS: &str =
-    "id, public_key, invited_by, created_at, last_seen_at, client_version";
+/// The columns of a [`RawUser`], in order; a macro so that queries are
+/// built by `concat!` at compile time rather than per call.
+macro_rules! user_columns {
+    () => {
+        "id, public_key, invited_by, created_at, last_seen_at, client_version"
+    };
+}
+pub(super) use user_columns;
 
 impl Store {
     pub async fn user_by_key(&self, id: &UserId) -> Result<Option<UserRow>> {
-        let raw: Option<RawUser> = sqlx::query_as(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE public_key = $1"
+        let raw: Option<RawUser> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE public_key = $1"
         ))
         .bind(id.as_bytes().as_slice())
         .fetch_optional(&mut *self.readers.get().await?)

@@ -268,7 +268,7 @@ impl App {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
                             // Out of file descriptors and the like: back off
@@ -278,12 +278,15 @@ impl App {
                             continue;
                         }
                     };
-                                        let _ = stream.set_nodelay(true);
+                    let _ = stream.set_nodelay(true);
                     let https = tls.is_some();
                     let hyper_svc = TowerToHyperService::new(tower::ServiceExt::map_request(
                         service.clone(),
                         move |req: http::Request<hyper::body::Incoming>| {
                             let mut req = req.map(Body::new);
+                            req.extensions_mut().insert(api::PeerAddr(peer));
+                            // Until a trusted proxy says otherwise, the client is the peer.
+                            req.extensions_mut().insert(api::ClientIp(peer.ip()));
                             if https {
                                 req.extensions_mut().insert(api::Https);
                             }

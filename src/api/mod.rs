@@ -17,6 +17,7 @@ mod observe;
 pub mod openapi;
 mod pages;
 mod parcels;
+pub mod peer;
 pub mod replay;
 pub mod uploads;
 
@@ -35,6 +36,8 @@ use crate::{
     domain::Caller,
     pb,
 };
+
+pub use peer::{ClientIp, IpKey, PeerAddr};
 
 /// The encoded descriptor set of `proto/`, with `google.api.http` options
 /// intact: the source of reflection and of the gateway's route table.

@@ -31,6 +31,11 @@ export interface InboxClientOptions {
   baseUrl: string;
   /** The caller; needed for every call but GetInfo and AcceptExchange. */
   identity?: Identity;
+  /**
+   * Sign with this server key instead of asking GetInfo for it (a key the
+   * app pinned, or another server's key to test refusals).
+   */
+  serverKey?: string;
   /** Sent (and signed) as `x-client-version` on every call; ListParcels records it. */
   clientVersion?: string;
   /** Cover a Content-Digest of every request body (docs/AUTH.md recommends it). Default true. */
@@ -122,7 +127,7 @@ export class InboxClient {
 
   /** The server key every signature carries as `tag`. */
   async serverKey(): Promise<string> {
-    return (await this.info()).serverPublicKey;
+    return this.#opts.serverKey ?? (await this.info()).serverPublicKey;
   }
 
   /**

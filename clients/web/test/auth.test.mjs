@@ -194,3 +194,17 @@ test("the client fetches the server key from GetInfo once and signs with it", as
     await srv.close();
   }
 });
+
+test("a pinned serverKey is signed as the tag without asking GetInfo", async () => {
+  const id = await importSecretKey(hex(EXAMPLE.secret));
+  const other = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660";
+  const srv = await recordingServer((r, res) => grpcWebOk(res, new Uint8Array()));
+  try {
+    const client = createInboxClient({ baseUrl: srv.url, identity: id, serverKey: other });
+    await client.accounts.getAccount({});
+    assert.deepEqual(srv.requests.map((r) => r.url), ["/piqchat.inbox.v1.AccountService/GetAccount"]);
+    assert.match(srv.requests[0].headers["signature-input"], new RegExp(`tag="${other}"$`));
+  } finally {
+    await srv.close();
+  }
+});

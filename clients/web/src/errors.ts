@@ -9,7 +9,7 @@ export { Code };
 
 /** A refused or failed call: the gRPC code and the server's message. */
 export class InboxError extends Error {
-  override readonly name = "InboxError";
+  override readonly name: string = "InboxError";
   /** The gRPC status code. */
   readonly code: Code;
   /** The message as the server wrote it (no code prefix). */
@@ -32,6 +32,7 @@ export class InboxError extends Error {
 
 /** A request that breaks one of the server's published limits, caught before sending. */
 export class LimitError extends InboxError {
+  override readonly name = "LimitError";
   /** The `GetInfo` limit, e.g. `max_attachment_bytes`. */
   readonly limit: string;
   readonly actual: number;

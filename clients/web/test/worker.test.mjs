@@ -65,6 +65,8 @@ test("sendParcel in a worker thread", async (t) => {
   assert.ok(big instanceof LimitError, String(big));
   assert.equal(big.limit, "max_attachment_bytes");
   assert.equal(big.actual, (1 << 20) + 1);
+  assert.match(big.rawMessage, /^the attachment in bytes is 1048577; this server accepts at most 1048576/);
+  assert.equal(big.message, `INVALID_ARGUMENT: ${big.rawMessage}`);
 
   deny = true;
   const denied = await sender.sendParcel({ type: "MEDIA", recipients: [{ userId: R, content: "k" }] }).catch((e) => e);

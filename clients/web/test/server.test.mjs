@@ -20,6 +20,7 @@ import {
   isClockSkew,
   isNotRegistered,
   isReplayed,
+  isWrongServer,
   LimitError,
   SignUpResult,
   signRequest,
@@ -162,7 +163,7 @@ test("against the real server", { skip: !HAVE_BIN && `no server binary at ${BIN}
     assert.equal((await a.accounts.getAccount({})).pushSubscribed, false);
   });
 
-  await t.test("a replayed signature and a skewed clock are told apart", async () => {
+  await t.test("a replayed signature, a skewed clock and another server's tag are told apart", async () => {
     const url = `${server.url}/v1/account`;
     const s = await signRequest(alice, { method: "GET", url, tag: await a.serverKey() });
     const headers = { "signature-input": s.signatureInput, signature: s.signature };
@@ -175,5 +176,10 @@ test("against the real server", { skip: !HAVE_BIN && `no server binary at ${BIN}
     const late = createInboxClient({ baseUrl: server.url, identity: alice, now: () => Date.now() - 3_600_000 });
     const skew = await late.accounts.getAccount({}).catch((x) => x);
     assert.ok(isClockSkew(skew), String(skew));
+
+    // Signed for another server's key: refused whatever the Host says.
+    const elsewhere = createInboxClient({ baseUrl: server.url, identity: alice, serverKey: bob.userId });
+    const wrong = await elsewhere.accounts.getAccount({}).catch((x) => x);
+    assert.ok(isWrongServer(wrong), String(wrong));
   });
 });

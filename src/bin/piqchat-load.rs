@@ -80,7 +80,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one scenario (the default; the same options as without a subcommand).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Fill a database with parcels of other users, through the project's
     /// Store, in large transactions. Stop the server first (or seed before
     /// its first start).
@@ -320,7 +320,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Some(Cmd::Run(args)) => run_main(args),
+        Some(Cmd::Run(args)) => run_main(*args),
         None => run_main(cli.run),
         Some(Cmd::Seed(args)) => runtime(1)?.block_on(seed(args)),
         Some(Cmd::Retention(args)) => runtime(1)?.block_on(retention(args)),
@@ -1955,6 +1955,8 @@ struct AttackResult {
     slow_uploads: usize,
     idle_connections: usize,
     setup_s: f64,
+    /// The whole run, setup included.
+    total_s: f64,
     phases: Vec<PhaseResult>,
 }
 
@@ -2203,6 +2205,7 @@ async fn under_attack(
         slow_uploads: a.slow_uploads,
         idle_connections: a.idle_connections,
         setup_s,
+        total_s: setup_start.elapsed().as_secs_f64(),
         phases,
     })
 }
@@ -3099,6 +3102,7 @@ fn print_attack(r: &AttackResult) {
         r.legit_senders,
         r.attack_from.join(",")
     );
+    println!("setup {:.1} s, whole run {:.1} s", r.setup_s, r.total_s);
     println!(
         "{:<9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>15} {:>10} {:>9} {:>8}  legitimate errors",
         "phase",

@@ -3688,7 +3688,9 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         }
     }
     runs.sort_by_key(|r| (r.scenario, r.protocol));
-    print_table(&runs);
+    if !runs.is_empty() {
+        print_table(&runs);
+    }
     let mut md = String::new();
     for v in &others {
         match v.get("kind").and_then(|k| k.as_str()) {
@@ -3721,36 +3723,38 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !md.is_empty() {
         md.push('\n');
     }
-    md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server CPU | generator CPU | other CPU | errors |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-    for r in &runs {
-        let (rss, cpu) = r
-            .server_usage()
-            .map_or(("-".into(), "-".into()), |(mib, cpu)| {
-                (format!("{mib:.1}"), cpu)
-            });
-        let errors = r.errors_text(": ", ", ").unwrap_or_else(|| "0".into());
-        md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |\n",
-            r.scenario.name(),
-            r.protocol.name(),
-            r.concurrency,
-            r.throughput_ops_s,
-            r.latency.p50_ms,
-            r.latency.p90_ms,
-            r.latency.p99_ms,
-            r.latency.max_ms,
-            r.received_mib_s,
-            rss,
-            cpu,
-            percent(r.client_cpu_s, r.duration_s),
-            percent(r.other_cpu_s, r.duration_s),
-            errors
-        ));
+    if !runs.is_empty() {
+        md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server CPU | generator CPU | other CPU | errors |\n");
+        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in &runs {
+            let (rss, cpu) = r
+                .server_usage()
+                .map_or(("-".into(), "-".into()), |(mib, cpu)| {
+                    (format!("{mib:.1}"), cpu)
+                });
+            let errors = r.errors_text(": ", ", ").unwrap_or_else(|| "0".into());
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |\n",
+                r.scenario.name(),
+                r.protocol.name(),
+                r.concurrency,
+                r.throughput_ops_s,
+                r.latency.p50_ms,
+                r.latency.p90_ms,
+                r.latency.p99_ms,
+                r.latency.max_ms,
+                r.received_mib_s,
+                rss,
+                cpu,
+                percent(r.client_cpu_s, r.duration_s),
+                percent(r.other_cpu_s, r.duration_s),
+                errors
+            ));
+        }
+        md.push_str(
+            "\nCPU columns: percent of one core during the timed phase; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept).\n",
+        );
     }
-    md.push_str(
-        "\nCPU columns: percent of one core during the timed phase; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept).\n",
-    );
     for a in &attacks {
         print_attack(a);
         md.push('\n');
@@ -3760,7 +3764,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.json {
-        let merged = serde_json::json!({ "runs": runs, "other": others });
+        let merged = serde_json::json!({ "runs": runs, "under_attack": attacks, "other": others });
         write_json(path, &merged)?;
     }
     Ok(())

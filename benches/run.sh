@@ -9,11 +9,17 @@
 #      server (so peak RSS is per scenario): grpc for all, grpc-web and json
 #      for info / list / send-100k; list-big / info-big on a database seeded
 #      with 1,000,000 parcels of other users before the server starts,
+#   4. opt-in: the under-attack scenario (SCENARIOS="under-attack", over gRPC
+#      unless ALL_PROTOCOLS=1): legitimate lists and sends measured per phase
+#      while an attacker floods; DURATION / WARMUP are per phase and
+#      CONCURRENCY is the flood's requests in flight,
 # and writes results.json and results.md into $OUT.
 #
 # Settings (environment):
 #   DURATION=10s WARMUP=2s CONCURRENCY=64   load shape
-#   SCENARIOS="info list ..."               subset of scenarios
+#   SCENARIOS="info list ..."               subset of scenarios (under-attack only when listed)
+#   ATTACK_ARGS="--slow-uploads 100 ..."    further piqchat-load options for under-attack
+#   SERVER_NOFILE=1024                      the server's open-file limit (default: inherited)
 #   ALL_PROTOCOLS=1                         every scenario over all three protocols
 #   BIG_PARCELS=1000000                     size of the seeded database
 #   COLDSTART_RUNS=20                       cold start runs
@@ -70,6 +76,9 @@ start_server() {
     mkdir -p "$dir"
     (
         cd "$dir"
+        if [[ -n "${SERVER_NOFILE:-}" ]]; then
+            ulimit -n "$SERVER_NOFILE"
+        fi
         exec env DATABASE_PATH="$dir/inbox.sqlite" \
             PARCEL_ATTACHMENTS_UPLOAD_PATH="$dir/attachments" \
             BIND_ADDRESS=127.0.0.1 PORT=0 \
@@ -138,13 +147,22 @@ for scenario in $SCENARIOS; do
                 dir=$WORK/$scenario-$protocol
                 ;;
         esac
+        extra=()
+        if [[ "$scenario" == under-attack ]]; then
+            # shellcheck disable=SC2206 # options are split on purpose
+            extra=(${ATTACK_ARGS:-})
+        fi
         echo "== $scenario over $protocol"
         start_server "$dir"
-        "$LOAD" run --url "$URL" --database "$dir/inbox.sqlite" \
-            --scenario "$scenario" --protocol "$protocol" \
-            --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
-            --server-pid "$SERVER_PID" --label "$LABEL" \
-            --json "$OUT/run-$scenario-$protocol.json" || echo "!! $scenario over $protocol failed"
+        (
+            # The attacker of under-attack holds about 2,600 connections.
+            [[ "$scenario" != under-attack ]] || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+            exec "$LOAD" run --url "$URL" --database "$dir/inbox.sqlite" \
+                --scenario "$scenario" --protocol "$protocol" \
+                --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
+                --server-pid "$SERVER_PID" --label "$LABEL" \
+                --json "$OUT/run-$scenario-$protocol.json" "${extra[@]}"
+        ) || echo "!! $scenario over $protocol failed"
         stop_server
         # Attachments of the send scenarios are not needed any more.
         [[ "$dir" == "$WORK/big" ]] || rm -rf "$dir"

@@ -467,7 +467,7 @@ async fn only_the_recipient_can_list_download_and_delete() {
         .user()
         .parcels()
         .await
-        .list_parcels(pb::ListParcelsRequest {})
+        .list_parcels(pb::ListParcelsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -638,7 +638,7 @@ async fn listing_records_the_client_version_and_stats_count_media() {
         .await
         .unwrap();
 
-    let mut req = tonic::Request::new(pb::ListParcelsRequest {});
+    let mut req = tonic::Request::new(pb::ListParcelsRequest::default());
     req.metadata_mut()
         .insert("x-client-version", "2.4.1".parse().unwrap());
     bob.parcels().await.list_parcels(req).await.unwrap();

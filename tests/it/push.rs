@@ -325,3 +325,46 @@ async fn removing_the_subscription_or_the_account_drops_pending_pushes() {
     assert_eq!(reply.status, 200);
     assert_eq!(outbox_depth(&app).await, 0);
 }
+
+#[tokio::test]
+async fn push_services_that_never_answer_do_not_delay_other_pushes() {
+    let app = TestApp::spawn().await;
+    let vapid = app.get_info().await.vapid_public_key;
+    let silent = PushService::start(vapid.clone()).await;
+    let normal = PushService::start(vapid).await;
+    let origins = format!("{},{}", silent.origin(), normal.origin());
+    // The default request timeout (15 s): what a hung service costs.
+    let app = app
+        .restart_with(|c| {
+            c.push_vapid_contact = Some("mailto:ops@example.org".into());
+            c.push_allowed_insecure_origins = origins;
+        })
+        .await;
+    silent.script(&[Reply::Hang; 20]);
+    let alice = app.registered_user().await;
+    let mut hung = Vec::new();
+    for i in 0..20 {
+        let user = app.registered_user().await;
+        user.set_contacts(&[&alice]).await;
+        let reply = user
+            .put_push_subscription(&silent.subscription(&format!("s{i}")).json)
+            .await;
+        assert_eq!(reply.status, 200);
+        hung.push(user);
+    }
+    let (carol, dave) = subscribed_pair(&app, &normal, "dave", None).await;
+    let hung_refs: Vec<&TestUser> = hung.iter().collect();
+    alice.send("MEDIA", &hung_refs, None).await.unwrap();
+    // The silent service now holds pushes it never answers.
+    silent.wait_for(1, WAIT).await;
+    let start = tokio::time::Instant::now();
+    carol.send("MEDIA", &[&dave], None).await.unwrap();
+    normal.wait_for(1, WAIT).await;
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "a normal push waited {waited:?} behind 20 silent endpoints"
+    );
+    // The silent service got at most its share of the slots.
+    assert!(silent.received().len() <= 4, "{}", silent.received().len());
+}

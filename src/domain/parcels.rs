@@ -379,6 +379,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_known_parcel_types_are_shown_in_logs_and_metrics() {
+        assert_eq!(kind_label("MEDIA"), "MEDIA");
+        assert_eq!(kind_label("alice-bob-secret"), "other");
+        assert_eq!(kind_label("media"), "other");
+    }
+
+    #[test]
     fn last_seen_buckets() {
         let now = 100 * DAY;
         assert_eq!(LastSeen::of(None, now), LastSeen::Never);

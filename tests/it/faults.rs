@@ -60,7 +60,8 @@ fn backup_command(dir: &Path, file: &Path) -> Command {
 #[tokio::test]
 async fn a_killed_backup_leaves_no_file_under_the_final_name() {
     let app = TestApp::spawn().await;
-    let dir = app.dir.path().to_owned();
+    let keep = app.dir.clone();
+    let dir = keep.path().to_owned();
     let db = app.db_path().to_owned();
     app.stop().await;
     // A database big enough that VACUUM INTO takes a while: 96 MiB of filler.
@@ -177,9 +178,20 @@ async fn a_full_database_refuses_writes_as_resource_exhausted_and_keeps_nothing_
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("storage is full"), "{err:?}");
 
+    // A send whose rows need new pages (a large content): its attachment
+    // file is written first, then the rows fail.
     let before = app.attachment_files();
     let err = alice
-        .send("MEDIA", &[&bob], Some(vec![7; 300_000]))
+        .parcels()
+        .await
+        .send_parcel(pb::SendParcelRequest {
+            r#type: "MEDIA".into(),
+            recipients: vec![pb::ParcelRecipient {
+                user_id: bob.id(),
+                content: "k".repeat(60_000),
+            }],
+            attachment: Some(vec![7; 300_000]),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");

@@ -166,6 +166,10 @@ impl Store {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => std::path::PathBuf::from("."),
         };
+        // Never overwrite: the rename below would replace an existing file.
+        if tokio::fs::try_exists(path).await? {
+            return Err(invalid("the backup file exists already; choose a new name"));
+        }
         let temp = dir.join(backup_temp_name(name));
         let temp_text = temp
             .to_str()

@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())?;
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL.
+        .codec_path("crate::api::codec::ProtoCodec")
         .build_client(true)
         .build_server(true)
         .build_transport(false)

@@ -77,6 +77,7 @@ fn canned(path: &str) -> Vec<u8> {
                     attachment_size: Some(102_400),
                 })
                 .collect(),
+            next_page_token: String::new(),
         }
         .encode_to_vec(),
         "/piqchat.inbox.v1.ParcelService/SendParcel" => pb::SendParcelResponse {

@@ -163,6 +163,10 @@ impl App {
             .blobs
             .remove_leftover_temp_files()
             .context("cleaning the attachments' temp folder")?;
+        // Files of rows deleted just before a crash.
+        crate::jobs::remove_deleted_files_once(&state.store, &state.blobs)
+            .await
+            .context("removing the files of deleted attachments")?;
         let service = api::service(&state).context("building the API")?;
         let listener = TcpListener::bind(addr)
             .await

@@ -84,11 +84,13 @@ impl Blobs {
         tokio::fs::File::open(self.path(id)).await
     }
 
-    /// Removes an attachment; a missing file is not an error.
-    pub async fn remove(&self, id: &AttachmentId) -> io::Result<()> {
+    /// Removes an attachment; a missing file is not an error. Returns whether
+    /// the file was there.
+    pub async fn remove(&self, id: &AttachmentId) -> io::Result<bool> {
         match tokio::fs::remove_file(self.path(id)).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

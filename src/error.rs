@@ -46,15 +46,63 @@ impl Error {
     }
 }
 
+/// What a caller is told when a write finds the disk (or the database) full:
+/// the documented refusal, not a server fault, since nothing was stored and
+/// the same call can succeed once space is freed.
+pub const DISK_FULL: &str = "the server's storage is full and nothing was stored; try again later";
+
+impl Error {
+    fn disk_full(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "refused a write: the storage is full");
+        Error::ResourceExhausted(DISK_FULL.into())
+    }
+
+    /// A database error shared by the jobs of one commit (see `store::writer`).
+    pub fn database(e: std::sync::Arc<sqlx::Error>) -> Self {
+        if is_disk_full(&e) {
+            Error::disk_full(&e)
+        } else {
+            Error::Internal(Box::new(e))
+        }
+    }
+}
+
+/// SQLITE_FULL (13): "database or disk is full", from the disk or from
+/// `max_page_count`. Extended codes keep the primary code in the low byte.
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 13),
+        sqlx::Error::Io(io) => io_is_full(io),
+        _ => false,
+    }
+}
+
+/// ENOSPC, EDQUOT, and EFBIG (a file-size limit such as RLIMIT_FSIZE).
+fn io_is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Internal(Box::new(e))
+        if is_disk_full(&e) {
+            Error::disk_full(&e)
+        } else {
+            Error::Internal(Box::new(e))
+        }
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Internal(Box::new(e))
+        if io_is_full(&e) {
+            Error::disk_full(&e)
+        } else {
+            Error::Internal(Box::new(e))
+        }
     }
 }
 

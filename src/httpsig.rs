@@ -719,7 +719,7 @@ mod tests {
         "\"@method\": GET\n",
         "\"@authority\": inbox.example.org\n",
         "\"@path\": /v1/parcels\n",
-        "\"@query\": ?limit=20\n",
+        "\"@query\": ?page_size=20\n",
         r#""@signature-params": ("@method" "@authority" "@path" "@query");created=1767225600"#,
         r#";nonce="oKGio6SlpqeoqaqrrK2urw";alg="ed25519""#,
         r#";keyid="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo""#,
@@ -732,8 +732,8 @@ mod tests {
         r#";tag="PUAXw-hDiVqStwqnTRt-vJyYLM8uxJaMwM1V8Sr0Zgw""#
     );
     const EX_SIGNATURE: &str = concat!(
-        "piqchat=:nGVLPjJg9v0R3qpo6XLmzPuPgdgMNim9Vsjp9Clo2/IxqJoTayZE0NColwy4",
-        "aqBwzURZ4KD7uEV2477+njxiCg==:"
+        "piqchat=:iONON9Bn76A0adEJ9SSX02Tu07V2siuA+w8GXez9vr3o4uoFQB1K5rMzew+4",
+        "pW3FanAjBC162hlf77ZKb07BCQ==:"
     );
 
     fn unhex(s: &str) -> [u8; 32] {
@@ -759,7 +759,7 @@ mod tests {
             authority: "inbox.example.org",
             scheme: "https",
             path: "/v1/parcels",
-            query: Some("limit=20"),
+            query: Some("page_size=20"),
             headers: &h,
         };
         let p = SignatureParams {

@@ -17,7 +17,7 @@ use crate::{
     domain::accounts,
     error::Result,
     metrics::KindLabels,
-    store::Store,
+    store::{self, Store},
 };
 
 /// Files younger than this are never swept: they may belong to an upload in
@@ -121,8 +121,29 @@ pub async fn expire_outbox_once(store: &Store, now: Millis) -> Result<u64> {
     }
 }
 
-/// Attachment files no row references, and abandoned temp files, older than
-/// [`ORPHAN_GRACE`]. Returns (orphan files, temp files).
+/// Removes the files whose rows were deleted (listed in the deleting
+/// transaction), without a grace period: nothing can reference them again.
+/// Run at start and by every sweep, it finishes the removals a crash
+/// interrupted. Returns how many files were still there.
+pub async fn remove_deleted_files_once(store: &Store, blobs: &Blobs) -> Result<u64> {
+    let mut removed = 0;
+    loop {
+        let ids = store.file_removals().await?;
+        if ids.is_empty() {
+            return Ok(removed);
+        }
+        for id in &ids {
+            if blobs.remove(id).await? {
+                removed += 1;
+            }
+        }
+        store.forget_file_removals(&ids).await?;
+    }
+}
+
+/// Files whose rows were deleted; attachment files no row references, and
+/// abandoned temp files, older than [`ORPHAN_GRACE`]. Returns (orphan files,
+/// temp files).
 pub async fn sweep_files_once(store: &Store, blobs: &Blobs, now: Millis) -> Result<(u64, u64)> {
     let mut orphans = 0;
     for id in store.unreferenced_attachments().await? {
@@ -142,6 +163,8 @@ pub async fn sweep_files_once(store: &Store, blobs: &Blobs, now: Millis) -> Resu
         }
     }
     let temp = blobs.sweep_temp(cutoff)?;
+    // After the removals above, which list their files too.
+    orphans += remove_deleted_files_once(store, blobs).await?;
     Ok((orphans, temp))
 }
 
@@ -210,7 +233,8 @@ pub fn next_run_in(now: Millis, run_at_minute: u32, interval_minutes: Option<u32
 }
 
 /// Writes a backup file into `dir`, named by time, and removes backups older
-/// than `keep_days`. Returns the new file's path.
+/// than `keep_days` and the temporaries of interrupted ones. Returns the new
+/// file's path.
 pub async fn scheduled_backup_once(
     store: &Store,
     dir: &Path,
@@ -220,23 +244,40 @@ pub async fn scheduled_backup_once(
     tokio::fs::create_dir_all(dir)
         .await
         .with_context(|| format!("creating backup folder {}", dir.display()))?;
-    let path = dir.join(format!("inbox-{now}.sqlite"));
-    store.backup_to(&path).await?;
     let cutoff = now - i64::from(keep_days) * DAY;
     let mut entries = tokio::fs::read_dir(dir).await?;
     while let Some(entry) = entries.next_entry().await? {
         let name = entry.file_name();
-        let taken = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("inbox-"))
-            .and_then(|n| n.strip_suffix(".sqlite"))
-            .and_then(|t| t.parse::<Millis>().ok());
-        if taken.is_some_and(|t| t < cutoff) {
+        let Some(name) = name.to_str() else { continue };
+        // Only a backup that finished has the name; a temporary never does.
+        if let Some(finished) = partial_backup(name) {
+            store::remove_backup_temp(&dir.join(store::backup_temp_name(finished))).await?;
+            tracing::info!(file = %entry.path().display(), "removed an interrupted backup");
+        } else if backup_time(name).is_some_and(|t| t < cutoff) {
             tokio::fs::remove_file(entry.path()).await?;
             tracing::info!(file = %entry.path().display(), "removed an old backup");
         }
     }
+    let path = dir.join(format!("inbox-{now}.sqlite"));
+    store.backup_to(&path).await?;
     Ok(path)
+}
+
+/// The time in a scheduled backup's name `inbox-<unix ms>.sqlite`.
+fn backup_time(name: &str) -> Option<Millis> {
+    name.strip_prefix("inbox-")?
+        .strip_suffix(".sqlite")?
+        .parse()
+        .ok()
+}
+
+/// For the temporary (or its journal) of a scheduled backup, the name the
+/// backup would have had.
+fn partial_backup(name: &str) -> Option<&str> {
+    let temp = name.strip_suffix("-journal").unwrap_or(name);
+    let finished = temp.strip_prefix('.')?.strip_suffix(".partial")?;
+    (store::backup_temp_name(finished) == temp && backup_time(finished).is_some())
+        .then_some(finished)
 }
 
 /// Runs retention (and scheduled backups) until `shutdown` turns true.
@@ -277,5 +318,23 @@ mod tests {
         // 05:00 -> 04:00 tomorrow.
         assert_eq!(next_run_in(day + 5 * HOUR, 240, None), 23 * HOUR);
         assert_eq!(next_run_in(day, 240, Some(15)), 15 * MINUTE);
+    }
+
+    #[test]
+    fn only_finished_backups_have_a_time_and_temporaries_are_recognised() {
+        assert_eq!(
+            backup_time("inbox-1795684497852.sqlite"),
+            Some(1795684497852)
+        );
+        assert_eq!(backup_time(".inbox-1795684497852.sqlite.partial"), None);
+        assert_eq!(backup_time("inbox-1795684497852.sqlite-journal"), None);
+        let temp = crate::store::backup_temp_name("inbox-17.sqlite");
+        assert_eq!(partial_backup(&temp), Some("inbox-17.sqlite"));
+        assert_eq!(
+            partial_backup(&format!("{temp}-journal")),
+            Some("inbox-17.sqlite")
+        );
+        assert_eq!(partial_backup("inbox-17.sqlite"), None);
+        assert_eq!(partial_backup(".other.sqlite.partial"), None);
     }
 }

@@ -16,7 +16,6 @@ pub mod message;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{StreamExt as _, stream};
 use tokio::sync::{Notify, watch};
 
 use crate::{
@@ -56,6 +55,126 @@ enum Outcome {
     Dropped,
 }
 
+/// A finished attempt: the push, what became of it, and the `now` it was
+/// started at.
+type Done = (DuePush, Outcome, Millis);
+
+/// Which slots a push may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    First,
+    Retry,
+}
+
+impl Lane {
+    fn of(push: &DuePush) -> Self {
+        if push.attempts == 0 {
+            Lane::First
+        } else {
+            Lane::Retry
+        }
+    }
+}
+
+/// The lowercase `host:port` of an endpoint, the unit of the per-host share.
+fn endpoint_host(endpoint: &str) -> String {
+    endpoint
+        .parse::<::http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
+        .unwrap_or_default()
+}
+
+/// The pushes in flight and the slots they hold.
+struct Flights {
+    tasks: tokio::task::JoinSet<Done>,
+    /// Per task: its push's row id, lane and host, to release its slots
+    /// however it ends.
+    held: std::collections::HashMap<tokio::task::Id, (i64, Lane, String)>,
+    ids: std::collections::HashSet<i64>,
+    per_host: std::collections::HashMap<String, usize>,
+    first: usize,
+    retry: usize,
+    first_slots: usize,
+    retry_slots: usize,
+    host_slots: usize,
+}
+
+impl Flights {
+    fn new(concurrency: usize) -> Self {
+        let half = (concurrency / 2).max(1);
+        Flights {
+            tasks: tokio::task::JoinSet::new(),
+            held: Default::default(),
+            ids: Default::default(),
+            per_host: Default::default(),
+            first: 0,
+            retry: 0,
+            first_slots: concurrency,
+            retry_slots: half,
+            host_slots: half,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn full(&self) -> bool {
+        self.first >= self.first_slots && self.retry >= self.retry_slots
+    }
+
+    fn has_room(&self, lane: Lane, host: &str) -> bool {
+        let lane_room = match lane {
+            Lane::First => self.first < self.first_slots,
+            Lane::Retry => self.retry < self.retry_slots,
+        };
+        lane_room && self.per_host.get(host).copied().unwrap_or(0) < self.host_slots
+    }
+
+    fn lane_count(&mut self, lane: Lane) -> &mut usize {
+        match lane {
+            Lane::First => &mut self.first,
+            Lane::Retry => &mut self.retry,
+        }
+    }
+
+    fn start(
+        &mut self,
+        lane: Lane,
+        host: String,
+        id: i64,
+        attempt: impl Future<Output = Done> + Send + 'static,
+    ) {
+        self.ids.insert(id);
+        *self.per_host.entry(host.clone()).or_default() += 1;
+        *self.lane_count(lane) += 1;
+        let task = self.tasks.spawn(attempt);
+        self.held.insert(task.id(), (id, lane, host));
+    }
+
+    /// The next finished attempt, its slots released; `None` when none is in
+    /// flight.
+    async fn next(&mut self) -> Option<Result<Done, tokio::task::JoinError>> {
+        let joined = self.tasks.join_next_with_id().await?;
+        let task = match &joined {
+            Ok((task, _)) => *task,
+            Err(e) => e.id(),
+        };
+        if let Some((id, lane, host)) = self.held.remove(&task) {
+            self.ids.remove(&id);
+            *self.lane_count(lane) -= 1;
+            if let Some(n) = self.per_host.get_mut(&host) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_host.remove(&host);
+                }
+            }
+        }
+        Some(joined.map(|(_, done)| done))
+    }
+}
+
 impl Pusher {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -82,54 +201,86 @@ impl Pusher {
 
     /// Sends due pushes until `shutdown` turns true; pushes in flight then
     /// finish (bounded by the client's request timeout).
+    ///
+    /// Pushes are not sent in rounds that wait for their slowest member: each
+    /// is settled when it ends and its slot refilled at once. Of the slots,
+    /// first attempts have `concurrency`, and no endpoint host more than
+    /// half of them; retries (the endpoint failed or timed out before) have
+    /// a lane of their own with half as many. So push services that never
+    /// answer hold at most their share of slots for one request timeout, and
+    /// other users' pushes go out meanwhile.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut flights = Flights::new(self.concurrency);
         let mut last_depth = u64::MAX;
+        let mut depth_checked = tokio::time::Instant::now() - IDLE_POLL;
         loop {
-            let sent = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::error!(error = %e, "push round failed");
-                    0
-                }
-            };
-            if let Ok(depth) = self.store.outbox_depth().await {
-                self.metrics.push_outbox_depth.set(depth as i64);
-                if depth != last_depth && (depth > 0 || last_depth != u64::MAX) {
-                    tracing::info!(depth, "push outbox");
-                }
-                last_depth = depth;
+            if let Err(e) = self.dispatch(&mut flights).await {
+                tracing::error!(error = %e, "fetching due pushes failed");
             }
-            if sent > 0 {
-                continue;
+            if depth_checked.elapsed() >= IDLE_POLL || flights.is_empty() {
+                depth_checked = tokio::time::Instant::now();
+                self.record_depth(&mut last_depth).await;
             }
             tokio::select! {
+                Some(done) = flights.next(), if !flights.is_empty() => self.finish(done).await,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(IDLE_POLL) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
+                while let Some(done) = flights.next().await {
+                    self.finish(done).await;
+                }
                 return;
             }
         }
     }
 
-    /// Sends the pushes due now; returns how many were attempted.
-    pub async fn round(&self) -> crate::error::Result<usize> {
-        let now = self.clock.now();
-        let due = self.store.due_pushes(now, BATCH).await?;
-        let n = due.len();
-        let results: Vec<_> = stream::iter(due)
-            .map(|push| async move {
-                let outcome = self.attempt(&push, now).await;
-                (push, outcome)
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for (push, outcome) in results {
-            self.settle(&push, outcome, now).await?;
+    async fn record_depth(&self, last_depth: &mut u64) {
+        if let Ok(depth) = self.store.outbox_depth().await {
+            self.metrics.push_outbox_depth.set(depth as i64);
+            if depth != *last_depth && (depth > 0 || *last_depth != u64::MAX) {
+                tracing::info!(depth, "push outbox");
+            }
+            *last_depth = depth;
         }
-        Ok(n)
+    }
+
+    /// Starts the due pushes that have a free slot in their lane.
+    async fn dispatch(&self, flights: &mut Flights) -> crate::error::Result<()> {
+        if flights.full() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let limit = BATCH + flights.ids.len() as i64;
+        for push in self.store.due_pushes(now, limit).await? {
+            if flights.full() {
+                break;
+            }
+            let host = endpoint_host(&push.subscription.endpoint);
+            let lane = Lane::of(&push);
+            if flights.ids.contains(&push.id) || !flights.has_room(lane, &host) {
+                continue;
+            }
+            let pusher = self.clone();
+            let id = push.id;
+            flights.start(lane, host, id, async move {
+                let outcome = pusher.attempt(&push, now).await;
+                (push, outcome, now)
+            });
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, done: Result<Done, tokio::task::JoinError>) {
+        match done {
+            Ok((push, outcome, now)) => {
+                if let Err(e) = self.settle(&push, outcome, now).await {
+                    tracing::error!(error = %e, "recording a push outcome failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a push task failed"),
+        }
     }
 
     async fn attempt(&self, push: &DuePush, now: Millis) -> Outcome {

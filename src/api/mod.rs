@@ -10,7 +10,9 @@
 mod accounts;
 pub mod auth;
 mod backups;
+pub(crate) mod codec;
 mod exchanges;
+mod framing;
 pub mod gateway;
 mod info;
 mod observe;
@@ -213,6 +215,7 @@ fn grpc_router(
     );
     Ok(routes
         .into_axum_router()
+        .layer(framing::FramingLayer::new(limits.frame_limits()))
         .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))
 }
 
@@ -242,8 +245,10 @@ const SERVICE_NAMES: [&str; 6] = [
 ];
 
 /// The largest request message each service decodes, derived from the
-/// configured limits: only the parcel service takes large messages.
-struct MessageLimits(HashMap<&'static str, usize>);
+/// configured limits: only the parcel service takes large messages. With
+/// each, the sentence that names the limit in configured terms, for the
+/// refusal of a larger message.
+struct MessageLimits(HashMap<&'static str, (usize, String)>);
 
 /// Room for field tags, ids and the other small fields of a message.
 const ENVELOPE: usize = 16 * 1024;
@@ -252,27 +257,64 @@ impl MessageLimits {
     fn new(l: &Limits) -> Self {
         let n = |v: u32| v as usize;
         let per_recipient = n(l.max_content_bytes) + 128;
+        let envelope = size_text(ENVELOPE);
         MessageLimits(HashMap::from([
-            (INFO_SERVICE, ENVELOPE),
+            (
+                INFO_SERVICE,
+                (ENVELOPE, format!("the {envelope} InfoService accepts")),
+            ),
             (
                 EXCHANGE_SERVICE,
-                2 * n(l.max_exchange_card_bytes) + ENVELOPE,
+                (
+                    2 * n(l.max_exchange_card_bytes) + ENVELOPE,
+                    format!(
+                        "two exchange cards of at most {} (MAX_EXCHANGE_CARD_BYTES) and {envelope}",
+                        size_text(n(l.max_exchange_card_bytes))
+                    ),
+                ),
             ),
             (
                 PARCEL_SERVICE,
-                n(l.max_attachment_bytes) + n(l.max_recipients) * per_recipient + ENVELOPE,
+                (
+                    n(l.max_attachment_bytes) + n(l.max_recipients) * per_recipient + ENVELOPE,
+                    format!(
+                        "the attachment limit of {} (MAX_ATTACHMENT_BYTES) with {} recipients (MAX_RECIPIENTS) of {} content each (MAX_CONTENT_BYTES)",
+                        size_text(n(l.max_attachment_bytes)),
+                        l.max_recipients,
+                        size_text(n(l.max_content_bytes))
+                    ),
+                ),
             ),
-            (ACCOUNT_SERVICE, n(l.max_contacts) * 48 + ENVELOPE),
-            (BACKUP_SERVICE, n(l.max_backup_bytes) + ENVELOPE),
+            (
+                ACCOUNT_SERVICE,
+                (
+                    n(l.max_contacts) * 48 + ENVELOPE,
+                    format!("a list of {} contacts (MAX_CONTACTS)", l.max_contacts),
+                ),
+            ),
+            (
+                BACKUP_SERVICE,
+                (
+                    n(l.max_backup_bytes) + ENVELOPE,
+                    format!(
+                        "the backup limit of {} (MAX_BACKUP_BYTES)",
+                        size_text(n(l.max_backup_bytes))
+                    ),
+                ),
+            ),
         ]))
     }
 
     fn largest(&self) -> usize {
-        self.0.values().copied().max().unwrap_or(ENVELOPE)
+        self.0
+            .values()
+            .map(|(max, _)| *max)
+            .max()
+            .unwrap_or(ENVELOPE)
     }
 
     fn get(&self, service: &str) -> usize {
-        self.0.get(service).copied().unwrap_or(ENVELOPE)
+        self.0.get(service).map_or(ENVELOPE, |(max, _)| *max)
     }
 
     /// JSON spells the same message larger: base64 for bytes (4/3) and
@@ -280,8 +322,21 @@ impl MessageLimits {
     fn gateway_limits(&self) -> gateway::BodyLimits {
         self.0.iter().fold(
             gateway::BodyLimits::new(ENVELOPE * 2),
-            |limits, (service, max)| limits.with_service(*service, max * 2),
+            |limits, (service, (max, _))| limits.with_service(*service, max * 2),
         )
+    }
+
+    fn frame_limits(&self) -> framing::FrameLimits {
+        framing::FrameLimits::new(self.0.clone(), ENVELOPE)
+    }
+}
+
+/// A size as configured sizes are usually given: `20 MiB`, `64 KiB`.
+fn size_text(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }
 

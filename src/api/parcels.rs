@@ -29,6 +29,32 @@ pub(super) fn last_seen(l: parcels::LastSeen) -> pb::LastSeen {
     }
 }
 
+/// A page token names the last parcel of the previous page by its place in
+/// the inbox; clients treat it as opaque.
+fn page_token(after: i64) -> String {
+    format!("p{after}")
+}
+
+fn page(req: &pb::ListParcelsRequest) -> Result<parcels::Page, Status> {
+    let size = usize::try_from(req.page_size)
+        .map_err(|_| Status::invalid_argument("page_size must not be negative"))?;
+    let after = match req.page_token.as_str() {
+        "" => None,
+        token => Some(
+            token
+                .strip_prefix('p')
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "page_token is not one this server gave out; pass next_page_token unchanged",
+                    )
+                })?,
+        ),
+    };
+    Ok(parcels::Page { size, after })
+}
+
 #[tonic::async_trait]
 impl pb::parcel_service_server::ParcelService for Api {
     type DownloadAttachmentStream = ChunkStream;
@@ -55,11 +81,7 @@ impl pb::parcel_service_server::ParcelService for Api {
             recipients,
             attachment: req.attachment,
         };
-        let kind = if send.kind == parcels::MEDIA {
-            "MEDIA"
-        } else {
-            "other"
-        };
+        let kind = parcels::kind_label(&send.kind);
         let sent = parcels::send(
             &s.store,
             &s.blobs,
@@ -114,10 +136,14 @@ impl pb::parcel_service_server::ParcelService for Api {
     ) -> Result<Response<pb::ListParcelsResponse>, Status> {
         let caller = caller(&request)?;
         let version = client_version(&request);
+        let page = page(request.get_ref())?;
         let s = &self.0;
-        let rows = parcels::list(&s.store, &caller, version.as_deref(), s.clock.now()).await?;
+        let listed =
+            parcels::list(&s.store, &caller, version.as_deref(), page, s.clock.now()).await?;
         Ok(Response::new(pb::ListParcelsResponse {
-            parcels: rows
+            next_page_token: listed.next_after.map(page_token).unwrap_or_default(),
+            parcels: listed
+                .parcels
                 .into_iter()
                 .map(|p| pb::Parcel {
                     id: p.id.to_string(),

@@ -1071,7 +1071,7 @@ fn send_call(recipients: &[UserKey], data: &[u8]) -> Call {
 fn list_call() -> Call {
     Call::new(
         PARCELS_LIST,
-        &pb::ListParcelsRequest {},
+        &pb::ListParcelsRequest::default(),
         Method::GET,
         "/v1/parcels",
         None,
@@ -1213,7 +1213,7 @@ async fn setup(
                 let listed = server
                     .parcels(r)
                     .await?
-                    .list_parcels(pb::ListParcelsRequest {})
+                    .list_parcels(pb::ListParcelsRequest::default())
                     .await?
                     .into_inner();
                 let id = listed

@@ -177,12 +177,18 @@ pub async fn put_backup(
 }
 
 /// The caller's backup; records this read (the result shows the one before).
+/// The record is bookkeeping: when it cannot be written (a full disk), the
+/// backup is still answered.
 pub async fn get_backup(store: &Store, caller: &Caller, now: Millis) -> Result<BackupRow> {
     let user = require_registered(store, caller).await?;
-    store
-        .read_backup(user.entry_id, now)
+    let backup = store
+        .read_backup(user.entry_id)
         .await?
-        .ok_or_else(|| Error::NotFound("no backup stored".into()))
+        .ok_or_else(|| Error::NotFound("no backup stored".into()))?;
+    if let Err(e) = store.record_backup_read(user.entry_id, now).await {
+        tracing::warn!(error = %e, "recording a backup read failed; the backup is answered anyway");
+    }
+    Ok(backup)
 }
 
 /// A push subscription as the browser's `PushSubscription.toJSON()` gives it.

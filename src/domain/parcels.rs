@@ -17,6 +17,13 @@ const MAX_TYPE_CHARS: usize = 32;
 /// How stale a recorded last-seen time may get before a list updates it.
 const SEEN_RESOLUTION: Millis = crate::clock::MINUTE;
 
+/// The parcel type as logs and metrics show it: the sender chooses it, so only
+/// a type the server knows is written out; any other could carry content or
+/// an id (and would grow the label set).
+pub fn kind_label(kind: &str) -> &'static str {
+    if kind == MEDIA { MEDIA } else { "other" }
+}
+
 /// A send as the edge parsed it.
 pub struct Send {
     pub kind: String,
@@ -215,7 +222,7 @@ pub async fn send(
     let delivered: Vec<UserId> = accepting.iter().map(|(id, _)| *id).collect();
     tracing::info!(
         sender = %caller.user_id.short(),
-        kind = %send.kind,
+        kind = kind_label(&send.kind),
         delivered = delivered.len(),
         forbidden = forbidden.len(),
         attachment_bytes = attachment.map_or(0, |(_, size)| size),
@@ -254,13 +261,32 @@ pub async fn delivery_status(
     })
 }
 
-/// The caller's parcels, oldest first; records the caller as seen.
+/// The most parcels one list page holds; larger page sizes are cut to it.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Which part of the inbox a list returns: the parcels after `after` (a
+/// parcel's `seq`, from the previous page), at most `size` of them (0: all).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Page {
+    pub size: usize,
+    pub after: Option<i64>,
+}
+
+/// One page of the inbox, and where the next one starts if there is one.
+pub struct Listed {
+    pub parcels: Vec<ParcelRow>,
+    pub next_after: Option<i64>,
+}
+
+/// The caller's parcels, oldest first, one page of them; records the caller
+/// as seen.
 pub async fn list(
     store: &Store,
     caller: &Caller,
     client_version: Option<&str>,
+    page: Page,
     now: Millis,
-) -> Result<Vec<ParcelRow>> {
+) -> Result<Listed> {
     let (user, parcels) = store
         .inbox_of(&caller.user_id)
         .await?
@@ -271,12 +297,28 @@ pub async fn list(
         .last_seen_at
         .is_some_and(|t| (0..SEEN_RESOLUTION).contains(&(now - t)));
     let new_version = client_version.is_some_and(|v| user.client_version.as_deref() != Some(v));
-    if !recent || new_version {
-        store
-            .record_seen(user.entry_id, now, client_version)
-            .await?;
+    // Bookkeeping must not cost the user their inbox (e.g. on a full disk).
+    if (!recent || new_version)
+        && let Err(e) = store.record_seen(user.entry_id, now, client_version).await
+    {
+        tracing::warn!(error = %e, "recording last-seen failed; the inbox is answered anyway");
     }
-    Ok(parcels)
+    let mut parcels: Vec<ParcelRow> = match page.after {
+        Some(after) => parcels.into_iter().filter(|p| p.seq > after).collect(),
+        None => parcels,
+    };
+    let size = match page.size {
+        0 => usize::MAX,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let next_after = (parcels.len() > size).then(|| {
+        parcels.truncate(size);
+        parcels.last().map_or(0, |p| p.seq)
+    });
+    Ok(Listed {
+        parcels,
+        next_after,
+    })
 }
 
 /// Opens the attachment of one of the caller's parcels: the file and its size.
@@ -335,6 +377,13 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_known_parcel_types_are_shown_in_logs_and_metrics() {
+        assert_eq!(kind_label("MEDIA"), "MEDIA");
+        assert_eq!(kind_label("alice-bob-secret"), "other");
+        assert_eq!(kind_label("media"), "other");
+    }
 
     #[test]
     fn last_seen_buckets() {

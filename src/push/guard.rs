@@ -284,8 +284,8 @@ fn normalize_host(host: &str) -> String {
     host.to_ascii_lowercase()
 }
 
-/// A plausible public DNS name: LDH labels (underscore tolerated), not
-/// `localhost`, and not a number in disguise (`127.1`, `0x7f.1`,
+/// A plausible public DNS name: LDH labels (underscore tolerated), at least
+/// two of them, not `localhost`, and not a number in disguise (`127.1`, `0x7f.1`,
 /// `2130706433` are IPv4 addresses to many resolvers).
 fn check_dns_name(host: &str) -> Result<(), GuardError> {
     if host.len() > 253 {
@@ -308,7 +308,9 @@ fn check_dns_name(host: &str) -> Result<(), GuardError> {
     if last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x") {
         return Err(GuardError::InvalidHost);
     }
-    if last == "localhost" {
+    // A single label (`intranet`) is completed by the resolver's search
+    // domains: a name on the server's own network, never a push service.
+    if last == "localhost" || labels.len() < 2 {
         return Err(GuardError::NotPublic);
     }
     Ok(())
@@ -476,6 +478,9 @@ mod tests {
             ("https://localhost/", GuardError::NotPublic),
             ("https://api.localhost/", GuardError::NotPublic),
             ("https://LOCALHOST./", GuardError::NotPublic),
+            ("https://intranet/x", GuardError::NotPublic),
+            ("https://intranet./x", GuardError::NotPublic),
+            ("https://intranet:8443/x", GuardError::NotPublic),
             ("https://127.1/", GuardError::InvalidHost),
             ("https://2130706433/", GuardError::InvalidHost),
             ("https://0x7f.1/", GuardError::InvalidHost),

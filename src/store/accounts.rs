@@ -162,32 +162,31 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a backup and records the read; returns the row as it was before.
-    pub async fn read_backup(&self, entry_id: i64, now: Millis) -> Result<Option<BackupRow>> {
+    /// A user's backup, as stored (with the read before this one).
+    pub async fn read_backup(&self, entry_id: i64) -> Result<Option<BackupRow>> {
+        let row: Option<(String, Millis, Option<Millis>)> = sqlx::query_as(
+            "SELECT content, updated_at, last_read_at FROM backups WHERE user_id = $1",
+        )
+        .bind(entry_id)
+        .fetch_optional(&mut *self.readers.get().await?)
+        .await?;
+        Ok(row.map(|(content, updated_at, last_read_at)| BackupRow {
+            content,
+            updated_at,
+            last_read_at,
+        }))
+    }
+
+    /// Records that a user read their backup.
+    pub async fn record_backup_read(&self, entry_id: i64, now: Millis) -> Result<()> {
         self.writer
-            .run(move |tx| {
-                Box::pin(async move {
-                    let row: Option<(String, Millis, Option<Millis>)> = sqlx::query_as(
-                        "SELECT content, updated_at, last_read_at FROM backups WHERE user_id = $1",
-                    )
+            .execute(
+                sqlx::query("UPDATE backups SET last_read_at = $2 WHERE user_id = $1")
                     .bind(entry_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if row.is_some() {
-                        sqlx::query("UPDATE backups SET last_read_at = $2 WHERE user_id = $1")
-                            .bind(entry_id)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    Ok(row.map(|(content, updated_at, last_read_at)| BackupRow {
-                        content,
-                        updated_at,
-                        last_read_at,
-                    }))
-                })
-            })
-            .await
+                    .bind(now),
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn put_push_subscription(

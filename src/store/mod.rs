@@ -33,7 +33,7 @@ pub use accounts::{BackupRow, InvitedRow, PushSubscriptionRow};
 pub use exchanges::{AcceptOutcome, ExchangeRow};
 pub use parcels::{NewParcel, NewParcels, ParcelRow, QuotaExceeded};
 pub use push::{DuePush, NewPush};
-pub use retention::BATCH as RETENTION_BATCH;
+pub use retention::{BATCH as RETENTION_BATCH, backup_temp_name, remove_backup_temp};
 pub use stats::Statistics;
 pub use users::UserRow;
 
@@ -83,6 +83,33 @@ impl Store {
     /// arrived together (see `writer`).
     pub fn commit_counter(&self) -> prometheus_client::metrics::counter::Counter {
         self.writer.commits()
+    }
+
+    /// Sets a pragma on the write connection only, where it holds for every
+    /// later write: tests make the database "full" with `max_page_count`
+    /// (SQLite then fails writes with SQLITE_FULL, as on a full disk) or
+    /// refuse every write with `query_only`. The name must be a plain word.
+    #[doc(hidden)]
+    pub async fn set_writer_pragma(
+        &self,
+        name: &'static str,
+        value: i64,
+    ) -> crate::error::Result<()> {
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(crate::error::Error::InvalidArgument(
+                "a pragma name is lowercase letters and '_'".into(),
+            ));
+        }
+        self.writer
+            .solo(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(&format!("PRAGMA {name} = {value}"))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Commits what is pending and closes every connection.

@@ -41,6 +41,8 @@ pub enum QuotaExceeded {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParcelRow {
+    /// The order of arrival: the key of list pages.
+    pub seq: i64,
     pub id: ParcelId,
     pub kind: String,
     pub content: String,
@@ -55,7 +57,7 @@ pub struct ParcelRow {
 macro_rules! parcels_json {
     () => {
         "SELECT json_group_array(json_array(p.id, p.type, p.content, \
-         hex(p.sender_key), p.created_at, a.size) ORDER BY p.seq) \
+         hex(p.sender_key), p.created_at, a.size, p.seq) ORDER BY p.seq) \
          FROM parcels p LEFT JOIN attachments a ON a.id = p.attachment_id"
     };
 }
@@ -339,7 +341,8 @@ async fn insert_parcels(
 
 /// Deletes the rows of those `candidates` that no parcel references any
 /// more (an attachment goes with its last parcel), inside the caller's
-/// transaction. Returns them; the caller removes their files after commit.
+/// transaction, and lists their files in `file_removals`. Returns them; the
+/// caller removes their files after commit.
 pub(super) async fn delete_unreferenced_attachments(
     tx: &mut sqlx::SqliteConnection,
     candidates: impl IntoIterator<Item = String>,
@@ -356,20 +359,32 @@ pub(super) async fn delete_unreferenced_attachments(
         .execute(&mut *tx)
         .await?;
         if gone.rows_affected() > 0 {
+            list_file_removal(&mut *tx, &id).await?;
             orphans.extend(AttachmentId::parse(&id).ok());
         }
     }
     Ok(orphans)
 }
 
+/// Lists an attachment file for removal in the transaction that deletes its
+/// row, so that a crash after the commit cannot leave the file behind.
+pub(super) async fn list_file_removal(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO file_removals (id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Decodes the value of `parcels_json!`.
 fn parcel_rows(json: &str) -> Result<Vec<ParcelRow>> {
-    type Raw = (String, String, String, String, Millis, Option<i64>);
+    type Raw = (String, String, String, String, Millis, Option<i64>, i64);
     let raw: Vec<Raw> = serde_json::from_str(json).map_err(crate::error::Error::internal)?;
     Ok(raw
         .into_iter()
-        .filter_map(|(id, kind, content, sender, sent_at, size)| {
+        .filter_map(|(id, kind, content, sender, sent_at, size, seq)| {
             Some(ParcelRow {
+                seq,
                 id: ParcelId::parse(&id).ok()?,
                 kind,
                 content,

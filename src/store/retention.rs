@@ -1,7 +1,10 @@
 //! Deletions by age, in bounded batches so that a large backlog never holds
 //! the writer for long.
 
-use super::{Store, parcels::delete_unreferenced_attachments};
+use super::{
+    Store,
+    parcels::{delete_unreferenced_attachments, list_file_removal},
+};
 use crate::{clock::Millis, domain::AttachmentId, error::Result, store::stats::day_of};
 
 /// Rows deleted per statement; between batches other writes get their turn.
@@ -101,6 +104,9 @@ impl Store {
                     )
                     .fetch_all(&mut *tx)
                     .await?;
+                    for (id,) in &rows {
+                        list_file_removal(&mut *tx, id).await?;
+                    }
                     Ok(rows
                         .into_iter()
                         .filter_map(|(id,)| AttachmentId::parse(&id).ok())
@@ -108,6 +114,33 @@ impl Store {
                 })
             })
             .await
+    }
+
+    /// Up to one batch of files listed for removal (see `file_removals`).
+    pub async fn file_removals(&self) -> Result<Vec<AttachmentId>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM file_removals LIMIT $1")
+            .bind(BATCH)
+            .fetch_all(&mut *self.readers.get().await?)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id,)| AttachmentId::parse(&id).ok())
+            .collect())
+    }
+
+    /// Forgets listed removals whose files are gone.
+    pub async fn forget_file_removals(&self, ids: &[AttachmentId]) -> Result<()> {
+        let ids = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(crate::error::Error::internal)?;
+        self.writer
+            .execute(
+                sqlx::query(
+                    "DELETE FROM file_removals WHERE id IN (SELECT value FROM json_each($1))",
+                )
+                .bind(ids),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The ids of every attachment row.
@@ -119,15 +152,73 @@ impl Store {
     }
 
     /// Writes a consistent copy of the database to `path` (which must not
-    /// exist) while the server keeps running and writing.
+    /// exist) while the server keeps running and writing. The copy is made
+    /// under [`backup_temp_name`] in the same folder, fsync'd, renamed and
+    /// the folder fsync'd: a file under `path` is always a complete
+    /// database, even when the process dies mid-way.
     pub async fn backup_to(&self, path: &std::path::Path) -> Result<()> {
-        let path = path.to_str().ok_or_else(|| {
-            crate::error::Error::InvalidArgument("backup path is not valid UTF-8".into())
-        })?;
-        sqlx::query("VACUUM INTO $1")
-            .bind(path)
+        let invalid = |m: &str| crate::error::Error::InvalidArgument(m.into());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| invalid("backup path must end in a UTF-8 file name"))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => std::path::PathBuf::from("."),
+        };
+        // Never overwrite: the rename below would replace an existing file.
+        if tokio::fs::try_exists(path).await? {
+            return Err(invalid("the backup file exists already; choose a new name"));
+        }
+        let temp = dir.join(backup_temp_name(name));
+        let temp_text = temp
+            .to_str()
+            .ok_or_else(|| invalid("backup path is not valid UTF-8"))?
+            .to_owned();
+        // A temporary of the same name is left from an interrupted run.
+        remove_backup_temp(&temp).await?;
+        let copied = sqlx::query("VACUUM INTO $1")
+            .bind(temp_text)
             .execute(&mut *self.readers.get().await?)
-            .await?;
+            .await;
+        if let Err(e) = copied {
+            remove_backup_temp(&temp).await?;
+            return Err(e.into());
+        }
+        let (temp2, path) = (temp.clone(), path.to_owned());
+        let settled = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&temp2)?.sync_all()?;
+            std::fs::rename(&temp2, &path)?;
+            // The rename is durable once the folder is.
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        if let Err(e) = settled {
+            remove_backup_temp(&temp).await?;
+            return Err(e.into());
+        }
         Ok(())
     }
+}
+
+/// The temporary a backup to `name` is written under: hidden, and not ending
+/// in `.sqlite`, so neither a listing of backups nor a restore by pattern
+/// (`inbox-*.sqlite`) can take it for a finished one.
+pub fn backup_temp_name(name: &str) -> String {
+    format!(".{name}.partial")
+}
+
+/// Removes a backup temporary and the rollback journal SQLite may leave
+/// beside it; missing files are fine.
+pub async fn remove_backup_temp(temp: &std::path::Path) -> std::io::Result<()> {
+    let mut journal = temp.as_os_str().to_owned();
+    journal.push("-journal");
+    for file in [temp.as_os_str(), journal.as_os_str()] {
+        match tokio::fs::remove_file(file).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }

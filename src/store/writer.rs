@@ -49,7 +49,7 @@ const MAX_AGE: Duration = Duration::from_millis(10);
 const QUEUE: usize = 1024;
 
 /// The outcome of one commit, shared by the jobs in it.
-type Outcome = Result<(), Arc<str>>;
+type Outcome = Result<(), Arc<sqlx::Error>>;
 /// Tells a kept job's caller how the commit went.
 type Finish = Box<dyn FnOnce(Outcome) + Send>;
 /// A job's work on the connection; `Some` when kept.
@@ -132,7 +132,8 @@ impl Writer {
                     Ok(Ok(value)) => Some(Box::new(move |outcome: Outcome| {
                         let _ = reply.send(match outcome {
                             Ok(()) => Ok(value),
-                            Err(message) => Err(commit_failed(&message)),
+                            // A full disk stays the caller's RESOURCE_EXHAUSTED.
+                            Err(e) => Err(Error::database(e)),
                         });
                     }) as Finish),
                     Ok(Err(e)) => {
@@ -296,7 +297,7 @@ async fn batch(
     }
     let outcome: Outcome = match broken {
         // SQLite ended the transaction (it does on some errors).
-        Some(e) => Err(Arc::from(e.to_string())),
+        Some(e) => Err(Arc::new(e)),
         None if kept.is_empty() => Ok(()),
         None => conn
             .execute("COMMIT")
@@ -304,23 +305,19 @@ async fn batch(
             .map(|_| {
                 commits.inc();
             })
-            .map_err(|e| Arc::from(e.to_string())),
+            .map_err(Arc::new),
     };
     if kept.is_empty() || outcome.is_err() {
         // Nothing to keep, or the commit failed: nothing of it stays.
         let _ = conn.execute("ROLLBACK").await;
     }
-    if let Err(message) = &outcome {
-        tracing::error!(error = %message, jobs = kept.len(), "a database commit failed");
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, jobs = kept.len(), "a database commit failed");
     }
     for finish in kept {
         finish(outcome.clone());
     }
     after
-}
-
-fn commit_failed(message: &str) -> Error {
-    Error::internal(format!("commit failed: {message}"))
 }
 
 /// The job's reply was dropped unsent: the transaction it was queued for

@@ -163,7 +163,7 @@ async fn invited_users_show_the_callers_invitees_and_the_admin_sees_all() {
     let bob = invite(&app, &alice).await;
     let carol = invite(&app, &alice).await;
     let dave = invite(&app, &bob).await;
-    let mut req = tonic::Request::new(pb::ListParcelsRequest {});
+    let mut req = tonic::Request::new(pb::ListParcelsRequest::default());
     req.metadata_mut()
         .insert("x-client-version", "1.2.3".parse().unwrap());
     bob.parcels().await.list_parcels(req).await.unwrap();
@@ -472,7 +472,7 @@ async fn deleting_an_account_really_deletes() {
     let err = bob
         .parcels()
         .await
-        .list_parcels(pb::ListParcelsRequest {})
+        .list_parcels(pb::ListParcelsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);

@@ -363,7 +363,7 @@ impl TestUser {
     pub async fn list(&self) -> Vec<pb::Parcel> {
         self.parcels()
             .await
-            .list_parcels(pb::ListParcelsRequest {})
+            .list_parcels(pb::ListParcelsRequest::default())
             .await
             .expect("list parcels")
             .into_inner()

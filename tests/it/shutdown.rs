@@ -191,7 +191,7 @@ async fn sigterm_lets_an_in_flight_send_finish_and_refuses_new_connections() {
     let listed: pb::ListParcelsResponse = HttpClient::new(&format!("http://{addr}"), Some(bob))
         .grpc_web_unary(
             "/piqchat.inbox.v1.ParcelService/ListParcels",
-            &pb::ListParcelsRequest {},
+            &pb::ListParcelsRequest::default(),
         )
         .await
         .unwrap();

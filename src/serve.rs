@@ -634,12 +634,12 @@ where
             this.armed = true;
         }
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(
-                tonic::Status::deadline_exceeded(format!(
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(
+                format!(
                     "the request body stopped arriving: nothing for {} s; send it without pausing",
                     this.timeout.as_secs()
-                )),
-            )))),
+                ),
+            ))))),
             Poll::Pending => Poll::Pending,
         }
     }

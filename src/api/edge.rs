@@ -146,8 +146,7 @@ fn check<B>(req: &Request<B>) -> Option<Response<Body>> {
     let protocol = Protocol::of(req);
     if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
     {
-        let status =
-            Status::invalid_argument("an HTTP/1.1 request needs exactly one Host header");
+        let status = Status::invalid_argument("an HTTP/1.1 request needs exactly one Host header");
         return Some(protocol.error_response(status, StatusCode::BAD_REQUEST));
     }
     let head = req.uri().path_and_query().map_or(0, |p| p.as_str().len())

@@ -280,7 +280,7 @@ impl App {
                     let slot = match tracker.open(peer.ip()) {
                         Ok(slot) => slot,
                         Err(refusal) => {
-                            serve::refuse(stream, refusal, &conn_config, &state.metrics);
+                            serve::refuse(stream, refusal, tls.is_none(), &conn_config, &state.metrics);
                             continue;
                         }
                     };

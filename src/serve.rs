@@ -262,9 +262,20 @@ pub fn builder(c: &Connections) -> auto::Builder<TokioExecutor> {
 }
 
 /// Answers a refused connection with a plain HTTP/1.1 503 and closes it, in
-/// a task of its own; at most [`MAX_REFUSALS_IN_FLIGHT`] at once.
-pub fn refuse(mut stream: TcpStream, refusal: Refusal, config: &ConnConfig, metrics: &Metrics) {
+/// a task of its own; at most [`MAX_REFUSALS_IN_FLIGHT`] at once. On a TLS
+/// port (`plain` false) it is closed without an answer: a handshake per
+/// refusal would hand the CPU to whoever opens the most connections.
+pub fn refuse(
+    mut stream: TcpStream,
+    refusal: Refusal,
+    plain: bool,
+    config: &ConnConfig,
+    metrics: &Metrics,
+) {
     metrics.connection_closed(refusal.reason());
+    if !plain {
+        return;
+    }
     let Ok(permit) = config.refusals.clone().try_acquire_owned() else {
         return;
     };

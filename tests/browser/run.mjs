@@ -366,6 +366,7 @@ async function flow() {
       A.id,
     );
     if (!res.error) assert.fail(`expected a refusal, got OK ${JSON.stringify(res.ok)}`);
+    console.log(`  refused after ${res.ms} ms: ${res.error.code}: ${res.error.message}`);
     assert.ok(
       ["RESOURCE_EXHAUSTED", "OUT_OF_RANGE", "INVALID_ARGUMENT"].includes(res.error.code),
       `a status from the server, got ${res.error.code}: ${res.error.message}`,

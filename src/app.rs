@@ -5,11 +5,6 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time:
 
 use anyhow::Context as _;
 use axum::body::Body;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use tokio::{net::TcpListener, sync::Notify};
 use tower::util::BoxCloneSyncService;
 
@@ -23,6 +18,7 @@ use crate::{
     jobs,
     metrics::Metrics,
     push::{self, Pusher, guard::EndpointGuard, http::PushClient, message::VapidSigner},
+    serve,
     store::Store,
     tls::{self, CertResolver},
 };
@@ -237,18 +233,21 @@ impl App {
             service,
             ..
         } = self;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .max_buf_size(64 * 1024)
-            .timer(hyper_util::rt::TokioTimer::new());
-        builder.http1().header_read_timeout(Duration::from_secs(30));
-        builder
-            .http2()
-            .max_header_list_size(64 * 1024)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(60));
-        let graceful = GracefulShutdown::new();
+        let nofile = serve::raise_nofile_limit();
+        let connections = &state.config.connections;
+        let tracker = serve::ConnTracker::new(
+            serve::max_connections(connections, nofile),
+            connections.max_per_ip,
+            state.metrics.clone(),
+        );
+        tracing::info!(
+            max_connections = tracker.max_total(),
+            open_file_limit = nofile,
+            "accepting connections"
+        );
+        let builder = serve::builder(connections);
+        let conn_config = serve::ConnConfig::new(connections);
+        let (stop_conns, conns_stopped) = tokio::sync::watch::channel(false);
         let (stop_jobs, jobs_stopped) = tokio::sync::watch::channel(false);
         let tls = tls.map(|(resolver, config)| {
             let poll = Duration::from_secs(state.config.tls_reload_interval_secs.into());
@@ -282,47 +281,37 @@ impl App {
                             continue;
                         }
                     };
-                    let _ = stream.set_nodelay(true);
-                    let https = tls.is_some();
-                    let hyper_svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-                        service.clone(),
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let mut req = req.map(Body::new);
-                            req.extensions_mut().insert(api::PeerAddr(peer));
-                            // Until a trusted proxy says otherwise, the client is the peer.
-                            req.extensions_mut().insert(api::ClientIp(peer.ip()));
-                            if https {
-                                req.extensions_mut().insert(api::Https);
-                            }
-                            req
-                        },
-                    ));
-                    let (builder, tls, watcher) = (builder.clone(), tls.clone(), graceful.watcher());
-                    tokio::spawn(async move {
-                        let result = match tls {
-                            None => {
-                                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
-                                watcher.watch(conn.into_owned()).await
-                            }
-                            Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => {
-                                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
-                                    watcher.watch(conn.into_owned()).await
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return;
-                                }
-                            },
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection ended with an error");
+                    let slot = match tracker.open(peer.ip()) {
+                        Ok(slot) => slot,
+                        Err(refusal) => {
+                            serve::refuse(stream, refusal, tls.is_none(), &conn_config, &state.metrics);
+                            continue;
                         }
-                    });
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let io = serve::ConnIo::new(stream, slot, conn_config.linger);
+                    let conn = serve::Connection {
+                        builder: builder.clone(),
+                        service: service.clone(),
+                        peer,
+                        config: conn_config.clone(),
+                        metrics: state.metrics.clone(),
+                        stop: conns_stopped.clone(),
+                    };
+                    match tls.clone() {
+                        None => {
+                            tokio::spawn(conn.serve(io, false));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(io)).await {
+                                    Ok(Ok(stream)) => conn.serve(stream, true).await,
+                                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 () = &mut shutdown => break,
             }
@@ -330,7 +319,8 @@ impl App {
         drop(listener);
         tracing::info!("shutting down: waiting for in-flight requests");
         let grace = Duration::from_secs(state.config.shutdown_grace_secs.into());
-        if tokio::time::timeout(grace, graceful.shutdown())
+        let _ = stop_conns.send(true);
+        if tokio::time::timeout(grace, tracker.all_closed())
             .await
             .is_err()
         {

@@ -55,6 +55,36 @@ pub struct Config {
     pub replay_cache_max_entries: usize,
     pub limits: Limits,
     pub retention: Retention,
+    pub connections: Connections,
+}
+
+/// What one connection may hold, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connections {
+    /// Open connections in total (`MAX_CONNECTIONS`); `None` sizes it from
+    /// the file-descriptor limit at start.
+    pub max_total: Option<u32>,
+    /// Open connections per client address, IPv6 by /64
+    /// (`MAX_CONNECTIONS_PER_IP`).
+    pub max_per_ip: u32,
+    /// A connection without a request in progress is closed after this long
+    /// (`CONNECTION_IDLE_TIMEOUT_SECONDS`).
+    pub idle_timeout_secs: u32,
+    /// Longest a request's headers may take to arrive, counted for the first
+    /// request from when the connection opens (`REQUEST_HEADER_TIMEOUT_SECONDS`).
+    pub header_timeout_secs: u32,
+    /// Longest a request body may go without a byte arriving
+    /// (`REQUEST_BODY_TIMEOUT_SECONDS`).
+    pub body_timeout_secs: u32,
+    /// Streams one HTTP/2 connection may have open (`HTTP2_MAX_CONCURRENT_STREAMS`).
+    pub http2_max_streams: u32,
+    /// Body bytes read and discarded after an early HTTP/1.1 answer, so the
+    /// client can read it and keep the connection
+    /// (`REFUSED_BODY_DRAIN_BYTES`).
+    pub drain_bytes: u64,
+    /// Longest that draining, and the lingering close after an answer sent
+    /// before the body was read, may take (`REFUSED_BODY_DRAIN_SECONDS`).
+    pub drain_secs: u32,
 }
 
 /// What is forgotten when, and the database backups.
@@ -237,6 +267,19 @@ impl Config {
                 backup_path: env.get("BACKUP_PATH").map(PathBuf::from),
                 backup_keep_days: env.ranged("BACKUP_KEEP_DAYS", 7, 1, 3650)?,
             },
+            connections: Connections {
+                max_total: match env.get("MAX_CONNECTIONS") {
+                    None => None,
+                    Some(_) => Some(env.ranged("MAX_CONNECTIONS", 1024, 16, 10_000_000)?),
+                },
+                max_per_ip: env.ranged("MAX_CONNECTIONS_PER_IP", 128, 1, 10_000_000)?,
+                idle_timeout_secs: env.ranged("CONNECTION_IDLE_TIMEOUT_SECONDS", 180, 1, 86_400)?,
+                header_timeout_secs: env.ranged("REQUEST_HEADER_TIMEOUT_SECONDS", 30, 1, 3600)?,
+                body_timeout_secs: env.ranged("REQUEST_BODY_TIMEOUT_SECONDS", 30, 1, 3600)?,
+                http2_max_streams: env.ranged("HTTP2_MAX_CONCURRENT_STREAMS", 100, 1, 10_000)?,
+                drain_bytes: env.ranged64("REFUSED_BODY_DRAIN_BYTES", 4 << 20, 0, 1 << 30)?,
+                drain_secs: env.ranged("REFUSED_BODY_DRAIN_SECONDS", 5, 1, 300)?,
+            },
         })
     }
 
@@ -285,6 +328,7 @@ impl fmt::Debug for Config {
             .field("replay_cache_max_entries", &self.replay_cache_max_entries)
             .field("limits", &self.limits)
             .field("retention", &self.retention)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -454,6 +498,10 @@ mod tests {
             ("RETENTION_RUN_AT_UTC", "25:00"),
             ("RETENTION_RUN_AT_UTC", "4:00"),
             ("RETENTION_INTERVAL_MINUTES", "0"),
+            ("MAX_CONNECTIONS", "8"),
+            ("MAX_CONNECTIONS_PER_IP", "0"),
+            ("CONNECTION_IDLE_TIMEOUT_SECONDS", "never"),
+            ("REFUSED_BODY_DRAIN_BYTES", "-1"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");

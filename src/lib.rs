@@ -3,6 +3,7 @@
 //! Code map, in reading order:
 //! - [`config`]: typed configuration from the environment.
 //! - [`app`]: wiring; `App::build` binds, `App::run` serves until shutdown.
+//! - [`serve`]: connections — caps, idle and body timeouts, lingering close.
 //! - [`api`]: the edge — gRPC, gRPC-web and the JSON gateway on one port,
 //!   request authentication, the generated service traits implemented.
 //! - [`domain`]: the rules, one module per feature; no wire types.
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod jobs;
 pub mod metrics;
 pub mod push;
+pub mod serve;
 pub mod store;
 pub mod tls;
 

@@ -271,8 +271,13 @@ fn init_logging() -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard>
         // up front; a few thousand lines absorb any burst the writer lags.
         .buffered_lines_limit(4096)
         .finish(std::io::stderr());
+    // Colour only for a person at a terminal, and never against NO_COLOR
+    // (https://no-color.org): escapes in a file or a log collector are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(writer);
     match std::env::var("LOG_FORMAT").ok().as_deref() {
         Some("json") => builder.json().flatten_event(true).init(),

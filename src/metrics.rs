@@ -53,6 +53,8 @@ pub struct Metrics {
     pub retention_runs: Counter,
     pub retention_deleted: Family<KindLabels, Counter>,
     pub database_commits: Counter,
+    pub connections_open: Gauge,
+    pub connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -137,6 +139,18 @@ impl Metrics {
             "Rows and files deleted by retention, by kind",
             retention_deleted.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open on the API port",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server refused or closed, by reason (per_ip_limit, total_limit, idle)",
+            connections_closed.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -150,6 +164,8 @@ impl Metrics {
             retention_runs,
             retention_deleted,
             database_commits,
+            connections_open,
+            connections_closed,
         }
     }
 
@@ -171,6 +187,12 @@ impl Metrics {
         self.parcels_deleted
             .get_or_create(&ReasonLabels { reason })
             .inc_by(n);
+    }
+
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn push(&self, reason: &'static str) {

@@ -1,7 +1,7 @@
 //! The edge: the only code that sees tonic, axum, prost or wire JSON.
 //!
 //! One service answers every request on the port. From the outside in:
-//! CORS → authentication (RFC 9421, inserts a `Caller`) → a split by
+//! HTTP rules and draining of refused bodies (`edge`) → CORS → authentication (RFC 9421, inserts a `Caller`) → a split by
 //! content type: `application/grpc` to the tonic routes, `application/grpc-web`
 //! to the same routes behind `GrpcWebLayer`, everything else to an axum router
 //! with the plain HTTP pages and, as its fallback, the JSON gateway that
@@ -11,6 +11,7 @@ mod accounts;
 pub mod auth;
 mod backups;
 pub(crate) mod codec;
+pub mod edge;
 mod exchanges;
 mod framing;
 pub mod gateway;
@@ -80,9 +81,13 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
         }
     });
 
+    let dispatch = edge::answer_head(BoxCloneSyncService::new(dispatch));
     let verifier = auth::Verifier::new(state, limits.largest() * 2);
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
+            .layer(edge::EdgeLayer::new(edge::Drain::new(
+                &state.config.connections,
+            )))
             .layer(cors())
             .layer(uploads::UploadGateLayer::new(
                 state.config.limits.max_concurrent_uploads as usize,

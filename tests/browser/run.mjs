@@ -356,6 +356,26 @@ async function flow() {
     timings.download = dl.ms;
   });
 
+  await step("B's 30 MiB send over plain HTTP/1.1 is refused, and the page reads the status", async () => {
+    // Over the attachment limit: the server answers before reading the body;
+    // the page must see that answer, not a network error (and Chromium must
+    // not re-send the signed request by itself, which would be a replay).
+    await B.page.evaluate((n) => window.piq.makeAttachment(n), 30 * 1024 * 1024);
+    const res = await B.page.evaluate(
+      (a) => window.piq.sendParcelWithAttachment("inbox1", "MEDIA", [{ userId: a, content: "too large" }]),
+      A.id,
+    );
+    if (!res.error) assert.fail(`expected a refusal, got OK ${JSON.stringify(res.ok)}`);
+    console.log(`  refused after ${res.ms} ms: ${res.error.code}: ${res.error.message}`);
+    assert.ok(
+      ["RESOURCE_EXHAUSTED", "OUT_OF_RANGE", "INVALID_ARGUMENT"].includes(res.error.code),
+      `a status from the server, got ${res.error.code}: ${res.error.message}`,
+    );
+    assert.match(res.error.message, /limit/, "the message names the limit");
+    const parcels = ok(await call(A, "inbox1", "ParcelService", "listParcels"), "ListParcels").parcels;
+    assert.equal(parcels.length, 1, "nothing more was stored");
+  });
+
   await step("delivery status: 1 waiting; A deletes the parcel; 0 waiting", async () => {
     const status = ok(await call(B, "inbox1", "ParcelService", "getDeliveryStatus", { recipientId: A.id }), "GetDeliveryStatus");
     assert.equal(status.waitingMediaParcels, 1);

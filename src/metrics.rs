@@ -38,6 +38,11 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
 /// Every metric the server exports; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,6 +58,10 @@ pub struct Metrics {
     pub retention_runs: Counter,
     pub retention_deleted: Family<KindLabels, Counter>,
     pub database_commits: Counter,
+    /// Rate limits (`api::limits`), by limit name.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub rate_limit_keys: Family<LimitLabels, Gauge>,
+    pub rate_limit_untracked: Family<LimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -137,6 +146,24 @@ impl Metrics {
             "Rows and files deleted by retention, by kind",
             retention_deleted.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limit",
+            rate_limited.clone(),
+        );
+        let rate_limit_keys = Family::<LimitLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_keys",
+            "Keys (addresses, signing keys, pairs) a rate limit tracks, by limit",
+            rate_limit_keys.clone(),
+        );
+        let rate_limit_untracked = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limit_untracked",
+            "Requests let through untracked because their limit held RATE_LIMIT_MAX_KEYS keys",
+            rate_limit_untracked.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -150,6 +177,9 @@ impl Metrics {
             retention_runs,
             retention_deleted,
             database_commits,
+            rate_limited,
+            rate_limit_keys,
+            rate_limit_untracked,
         }
     }
 

@@ -13,6 +13,7 @@ mod backups;
 mod exchanges;
 pub mod gateway;
 mod info;
+pub mod limits;
 mod observe;
 pub mod openapi;
 mod pages;
@@ -81,7 +82,11 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
     let verifier = auth::Verifier::new(state, limits.largest() * 2);
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
+            .layer(peer::ClientIpLayer::new(
+                state.config.trusted_proxies.clone(),
+            ))
             .layer(cors())
+            .layer(limits::IpLimitLayer::new(state.limits.clone()))
             .layer(uploads::UploadGateLayer::new(
                 state.config.limits.max_concurrent_uploads as usize,
                 uploads::UploadLimits {
@@ -118,7 +123,7 @@ impl Protocol {
         http_status: http::StatusCode,
     ) -> http::Response<Body> {
         match self {
-            Protocol::Http => gateway::error_response(http_status, status.code(), status.message()),
+            Protocol::Http => gateway::status_response(http_status, &status),
             Protocol::Grpc | Protocol::GrpcWeb => {
                 let mut res = status.into_http::<Body>();
                 if self == Protocol::GrpcWeb {
@@ -213,6 +218,7 @@ fn grpc_router(
     );
     Ok(routes
         .into_axum_router()
+        .layer(limits::RpcLimitLayer::new(state.limits.clone()))
         .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod exchanges;
 mod gateway;
 mod info;
+mod limits;
 mod operations;
 mod parcels;
 mod push;

@@ -307,12 +307,13 @@ fn cors() -> CorsLayer {
         "connect-protocol-version",
         "accept",
     ];
-    const EXPOSE: [&str; 5] = [
+    const EXPOSE: [&str; 6] = [
         "grpc-status",
         "grpc-message",
         "grpc-status-details-bin",
         "x-content-length",
         "content-length",
+        "retry-after",
     ];
     CorsLayer::new()
         .allow_origin(AllowOrigin::any())

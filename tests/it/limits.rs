@@ -233,6 +233,20 @@ async fn per_ip_limit_counts_each_address_apart() {
         info_from(&app, "127.0.0.1", &[]).await,
         StatusCode::TOO_MANY_REQUESTS
     );
+    // A browser on another origin can read the hint.
+    let (status, headers, _) = http_from(
+        &app,
+        "127.0.0.1",
+        Method::GET,
+        "/v1/info",
+        &[("origin", "https://app.example")],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    let exposed = headers["access-control-expose-headers"].to_str().unwrap();
+    assert!(exposed.contains("retry-after"), "{exposed}");
     // Another address has its own bucket; a forwarding header from an
     // address that is not a trusted proxy changes nothing.
     assert_eq!(info_from(&app, "127.0.0.2", &[]).await, StatusCode::OK);

@@ -27,6 +27,7 @@
 #   KEEP=1                                  keep the temp folder (databases, server logs)
 #   MICRO=1                                 also run the criterion micro-benchmarks
 #   CARGO_TARGET_DIR                        as for cargo
+#   RATE_LIMITS=off                         the server's rate limits (off by default here)
 # The server runs with its defaults (plus BIND_ADDRESS=127.0.0.1 and a free
 # port); anything else in the environment that the server reads (RUST_LOG,
 # MAX_..., ...) is passed through unchanged.
@@ -41,6 +42,10 @@ BIG_PARCELS=${BIG_PARCELS:-1000000}
 COLDSTART_RUNS=${COLDSTART_RUNS:-20}
 OUT=${OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 TARGET=${CARGO_TARGET_DIR:-target}
+# The load generator drives a few keys from one address far past any rate
+# limit meant for people; RATE_LIMITS=on (or single RATE_LIMIT_* values)
+# measures with them.
+export RATE_LIMITS=${RATE_LIMITS:-off}
 
 echo "== building (release)"
 cargo build --release --bins

@@ -37,6 +37,8 @@ pub struct AppState {
     pub push_guard: Arc<EndpointGuard>,
     /// Wakes the push worker after pushes were queued.
     pub push_wake: Arc<Notify>,
+    /// The rate limiters (`api::limits`).
+    pub limits: Arc<api::limits::Limiters>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             )
         })?;
         let metrics = Metrics::with_database_commits(store.commit_counter());
+        let limits = api::limits::Limiters::start(&config.rate_limits, &metrics);
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -80,6 +83,7 @@ impl AppState {
             metrics,
             push_guard,
             push_wake: Arc::default(),
+            limits,
         })
     }
 }

@@ -55,6 +55,11 @@ pub struct Config {
     pub replay_cache_max_entries: usize,
     pub limits: Limits,
     pub retention: Retention,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` name the client
+    /// (`TRUSTED_PROXIES`); from anyone else those headers are ignored.
+    pub trusted_proxies: crate::api::peer::TrustedProxies,
+    /// The rate limits (`RATE_LIMIT_*`, `RATE_LIMITS=off`), see `api::limits`.
+    pub rate_limits: crate::api::limits::RateLimits,
     pub connections: Connections,
 }
 
@@ -267,6 +272,29 @@ impl Config {
                 backup_path: env.get("BACKUP_PATH").map(PathBuf::from),
                 backup_keep_days: env.ranged("BACKUP_KEEP_DAYS", 7, 1, 3650)?,
             },
+            trusted_proxies: crate::api::peer::TrustedProxies::parse(
+                &env.get("TRUSTED_PROXIES").unwrap_or_default(),
+            )
+            .map_err(|message| ConfigError {
+                var: "TRUSTED_PROXIES",
+                message,
+            })?,
+            rate_limits: {
+                let max_keys = env.ranged(
+                    "RATE_LIMIT_MAX_KEYS",
+                    crate::api::limits::DEFAULT_MAX_KEYS,
+                    100,
+                    10_000_000,
+                )?;
+                let limits = crate::api::limits::RateLimits::parse(|var| env.get(var), max_keys)?;
+                if env.parse_bool("RATE_LIMITS", true)? {
+                    limits
+                } else {
+                    let mut off = crate::api::limits::RateLimits::off();
+                    off.max_keys = max_keys;
+                    off
+                }
+            },
             connections: Connections {
                 max_total: match env.get("MAX_CONNECTIONS") {
                     None => None,
@@ -291,6 +319,9 @@ impl Config {
         config.metrics_address = Some("127.0.0.1:0".parse().expect("literal"));
         config.database_path = dir.join("inbox.sqlite");
         config.attachments_path = dir.join("attachments");
+        // Tests drive one address and a few keys at full speed; the rate
+        // limit tests turn on the limits they are about.
+        config.rate_limits = crate::api::limits::RateLimits::off();
         config
     }
 }
@@ -329,6 +360,8 @@ impl fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("retention", &self.retention)
             .field("connections", &self.connections)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -502,11 +535,40 @@ mod tests {
             ("MAX_CONNECTIONS_PER_IP", "0"),
             ("CONNECTION_IDLE_TIMEOUT_SECONDS", "never"),
             ("REFUSED_BODY_DRAIN_BYTES", "-1"),
+            ("TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("RATE_LIMIT_KEY_READS", "600"),
+            ("RATE_LIMIT_RECIPIENT_ATTACHMENT_BYTES", "4GB/1d"),
+            ("RATE_LIMIT_MAX_KEYS", "5"),
+            ("RATE_LIMITS", "sometimes"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{err}");
             assert!(err.to_string().starts_with(var), "{err}");
         }
+    }
+
+    #[test]
+    fn rate_limits_default_set_and_off() {
+        use crate::api::limits::{Limit, Rate, RateLimits};
+        let c = config(&[]).unwrap();
+        assert_eq!(c.rate_limits, RateLimits::default());
+        assert!(c.trusted_proxies.is_empty());
+        let c = config(&[
+            ("RATE_LIMIT_KEY_READS", "5/10s"),
+            ("RATE_LIMIT_IP", "off"),
+            ("TRUSTED_PROXIES", "127.0.0.1,::1"),
+        ])
+        .unwrap();
+        let five = Rate {
+            burst: 5,
+            period: std::time::Duration::from_secs(10),
+        };
+        assert_eq!(c.rate_limits.get(Limit::KeyReads), Some(five));
+        assert_eq!(c.rate_limits.get(Limit::Ip), None);
+        assert!(c.rate_limits.get(Limit::KeyWrites).is_some());
+        assert!(c.trusted_proxies.contains("::1".parse().unwrap()));
+        let c = config(&[("RATE_LIMITS", "off"), ("RATE_LIMIT_KEY_READS", "5/10s")]).unwrap();
+        assert_eq!(c.rate_limits.get(Limit::KeyReads), None);
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// RESOURCE_EXHAUSTED that may be retried after `retry_after` (a rate
+    /// limit); the delay travels as a `google.rpc.RetryInfo` detail.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -41,6 +48,7 @@ impl Error {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -112,6 +120,17 @@ impl From<Error> for Status {
             Error::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 Status::internal("internal error")
+            }
+            Error::RateLimited {
+                message,
+                retry_after,
+            } => {
+                let details = crate::api::gateway::retry_details(
+                    Code::ResourceExhausted,
+                    &message,
+                    retry_after,
+                );
+                Status::with_details(Code::ResourceExhausted, message, details)
             }
             other => Status::new(other.code(), other.to_string()),
         }

@@ -38,6 +38,11 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
 /// Every metric the server exports; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -55,6 +60,10 @@ pub struct Metrics {
     pub database_commits: Counter,
     pub connections_open: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Rate limits (`api::limits`), by limit name.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub rate_limit_keys: Family<LimitLabels, Gauge>,
+    pub rate_limit_untracked: Family<LimitLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -151,6 +160,24 @@ impl Metrics {
             "Connections the server refused or closed, by reason (per_ip_limit, total_limit, idle)",
             connections_closed.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limit",
+            rate_limited.clone(),
+        );
+        let rate_limit_keys = Family::<LimitLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_keys",
+            "Keys (addresses, signing keys, pairs) a rate limit tracks, by limit",
+            rate_limit_keys.clone(),
+        );
+        let rate_limit_untracked = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limit_untracked",
+            "Requests let through untracked because their limit held RATE_LIMIT_MAX_KEYS keys",
+            rate_limit_untracked.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -166,6 +193,9 @@ impl Metrics {
             database_commits,
             connections_open,
             connections_closed,
+            rate_limited,
+            rate_limit_keys,
+            rate_limit_untracked,
         }
     }
 

@@ -16,6 +16,7 @@ mod exchanges;
 mod framing;
 pub mod gateway;
 mod info;
+pub mod limits;
 mod observe;
 pub mod openapi;
 mod pages;
@@ -88,7 +89,11 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
             .layer(edge::EdgeLayer::new(edge::Drain::new(
                 &state.config.connections,
             )))
+            .layer(peer::ClientIpLayer::new(
+                state.config.trusted_proxies.clone(),
+            ))
             .layer(cors())
+            .layer(limits::IpLimitLayer::new(state.limits.clone()))
             .layer(uploads::UploadGateLayer::new(
                 state.config.limits.max_concurrent_uploads as usize,
                 uploads::UploadLimits {
@@ -125,7 +130,7 @@ impl Protocol {
         http_status: http::StatusCode,
     ) -> http::Response<Body> {
         match self {
-            Protocol::Http => gateway::error_response(http_status, status.code(), status.message()),
+            Protocol::Http => gateway::status_response(http_status, &status),
             Protocol::Grpc | Protocol::GrpcWeb => {
                 let mut res = status.into_http::<Body>();
                 if self == Protocol::GrpcWeb {
@@ -221,6 +226,7 @@ fn grpc_router(
     Ok(routes
         .into_axum_router()
         .layer(framing::FramingLayer::new(limits.frame_limits()))
+        .layer(limits::RpcLimitLayer::new(state.limits.clone()))
         .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))
 }
 
@@ -361,12 +367,13 @@ fn cors() -> CorsLayer {
         "connect-protocol-version",
         "accept",
     ];
-    const EXPOSE: [&str; 5] = [
+    const EXPOSE: [&str; 6] = [
         "grpc-status",
         "grpc-message",
         "grpc-status-details-bin",
         "x-content-length",
         "content-length",
+        "retry-after",
     ];
     CorsLayer::new()
         .allow_origin(AllowOrigin::any())

@@ -76,6 +76,7 @@ impl pb::parcel_service_server::ParcelService for Api {
             .collect::<Result<Vec<_>, _>>()?;
         let s = &self.0;
         let attachment_bytes = req.attachment.as_ref().map_or(0, Vec::len) as u64;
+        let ids: Vec<UserId> = recipients.iter().map(|(id, _)| *id).collect();
         let send = parcels::Send {
             kind: req.r#type,
             recipients,
@@ -88,6 +89,14 @@ impl pb::parcel_service_server::ParcelService for Api {
             &s.config.limits,
             &caller,
             send,
+            |accepting| {
+                let indexed = accepting
+                    .iter()
+                    .filter_map(|a| Some((ids.iter().position(|id| id == a)?, *a)));
+                s.limits
+                    .check_send(&caller.user_id, indexed, attachment_bytes)
+                    .map_err(super::limits::Refusal::into_error)
+            },
             s.push_ttl(),
             s.clock.now(),
         )

@@ -121,13 +121,17 @@ fn validate(send: &Send, limits: &Limits) -> Result<()> {
 /// (durable under its final name), then all rows in one transaction. A failure
 /// after the file was written removes it again. With `push_ttl` set (push is
 /// configured), a `MEDIA` parcel queues a push for each recipient that has a
-/// subscription, in the same transaction.
+/// subscription, in the same transaction. `admit` sees the accepting
+/// recipients before anything is written and may refuse the send (the rate
+/// limits).
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     store: &Store,
     blobs: &Blobs,
     limits: &Limits,
     caller: &Caller,
     mut send: Send,
+    admit: impl FnOnce(&[UserId]) -> Result<()>,
     push_ttl: Option<Millis>,
     now: Millis,
 ) -> Result<Sent> {
@@ -144,6 +148,7 @@ pub async fn send(
         .filter(|id| !accepting.iter().any(|(a, _)| a == *id))
         .copied()
         .collect();
+    admit(&accepting.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
 
     let attachment = match send.attachment.take() {
         None => None,

@@ -11,6 +11,7 @@ mod exchanges;
 mod faults;
 mod gateway;
 mod info;
+mod limits;
 mod malformed;
 mod operations;
 mod parcels;

@@ -263,6 +263,25 @@ pub fn error_response(status: StatusCode, code: Code, message: &str) -> Response
     HttpError::new(status, code, message).into_response()
 }
 
+/// `status` as the same JSON error with `http_status`, its details rendered
+/// and, when they hold a `RetryInfo`, a `Retry-After` header.
+pub fn status_response(http_status: StatusCode, status: &tonic::Status) -> Response<Body> {
+    HttpError {
+        status: http_status,
+        code: status.code(),
+        message: status.message().to_owned(),
+        details: decode_details(None, status.details()),
+        allow: None,
+        retry_after: retry_delay(status.details()),
+    }
+    .into_response()
+}
+
+/// Whole seconds, rounded up and at least 1: what `Retry-After` can say.
+pub fn retry_secs(after: std::time::Duration) -> u64 {
+    after.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
+
 #[derive(serde::Serialize)]
 struct ErrorBody<'a> {
     code: i32,
@@ -287,6 +306,8 @@ struct HttpError {
     message: String,
     details: Vec<serde_json::Value>,
     allow: Option<String>,
+    /// From a `RetryInfo` detail: sent as `Retry-After`.
+    retry_after: Option<std::time::Duration>,
 }
 
 impl HttpError {
@@ -297,6 +318,7 @@ impl HttpError {
             message: message.into(),
             details: Vec::new(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -316,8 +338,9 @@ impl HttpError {
             status: http_status_from_code(status.code),
             code: status.code,
             message: status.message.clone(),
-            details: decode_details(&shared.pool, &status.details),
+            details: decode_details(Some(&shared.pool), &status.details),
             allow: None,
+            retry_after: retry_delay(&status.details),
         }
     }
 
@@ -333,6 +356,11 @@ impl HttpError {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             response.headers_mut().insert(header::ALLOW, allow);
+        }
+        if let Some(after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(after)));
         }
         response
     }
@@ -627,10 +655,65 @@ struct RpcStatus {
     details: Vec<prost_types::Any>,
 }
 
-/// Renders `google.rpc.Status.details` as proto3 JSON `Any`s. Types the
-/// pool does not know are kept as `{"@type": ..., "value": <base64>}` rather
-/// than dropped.
-fn decode_details(pool: &DescriptorPool, raw: &[u8]) -> Vec<serde_json::Value> {
+/// `google.rpc.RetryInfo`: how long to wait before retrying a refused call.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<prost_types::Duration>,
+}
+
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// `grpc-status-details-bin` for a refusal that may be retried after `after`:
+/// a `google.rpc.Status` with one `RetryInfo`.
+pub fn retry_details(code: Code, message: &str, after: std::time::Duration) -> Bytes {
+    let info = RetryInfo {
+        retry_delay: Some(prost_types::Duration {
+            seconds: after.as_secs().try_into().unwrap_or(i64::MAX),
+            nanos: after.subsec_nanos() as i32,
+        }),
+    };
+    RpcStatus {
+        code: code as i32,
+        message: message.to_owned(),
+        details: vec![prost_types::Any {
+            type_url: RETRY_INFO_TYPE.to_owned(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// A duration in the proto3 JSON mapping: seconds with 0, 3, 6 or 9 decimals.
+fn duration_json(d: &prost_types::Duration) -> String {
+    let (s, n) = (d.seconds, d.nanos);
+    match n {
+        0 => format!("{s}s"),
+        n if n % 1_000_000 == 0 => format!("{s}.{:03}s", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{s}.{:06}s", n / 1_000),
+        n => format!("{s}.{n:09}s"),
+    }
+}
+
+/// The retry delay of a `RetryInfo` in encoded status details, if any.
+fn retry_delay(raw: &[u8]) -> Option<std::time::Duration> {
+    let status = RpcStatus::decode(raw).ok()?;
+    let any = status
+        .details
+        .iter()
+        .find(|a| a.type_url == RETRY_INFO_TYPE)?;
+    let delay = RetryInfo::decode(any.value.as_slice()).ok()?.retry_delay?;
+    Some(std::time::Duration::new(
+        u64::try_from(delay.seconds).ok()?,
+        u32::try_from(delay.nanos).ok()?,
+    ))
+}
+
+/// Renders `google.rpc.Status.details` as proto3 JSON `Any`s. `RetryInfo` is
+/// known without a pool; types the pool does not know are kept as
+/// `{"@type": ..., "value": <base64>}` rather than dropped.
+fn decode_details(pool: Option<&DescriptorPool>, raw: &[u8]) -> Vec<serde_json::Value> {
     if raw.is_empty() {
         return Vec::new();
     }
@@ -641,9 +724,16 @@ fn decode_details(pool: &DescriptorPool, raw: &[u8]) -> Vec<serde_json::Value> {
         .details
         .iter()
         .map(|any| {
+            if any.type_url == RETRY_INFO_TYPE
+                && let Ok(RetryInfo {
+                    retry_delay: Some(d),
+                }) = RetryInfo::decode(any.value.as_slice())
+            {
+                return serde_json::json!({"@type": any.type_url, "retryDelay": duration_json(&d)});
+            }
             let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
             let json = pool
-                .get_message_by_name(type_name)
+                .and_then(|pool| pool.get_message_by_name(type_name))
                 .and_then(|desc| DynamicMessage::decode(desc, any.value.as_slice()).ok())
                 .and_then(|message| transcode::message_json(&message).ok());
             match json {
@@ -969,7 +1059,7 @@ async fn next_chunk(
                         line.extend_from_slice(&error_json(
                             status.code,
                             &status.message,
-                            &decode_details(&shared.pool, &status.details),
+                            &decode_details(Some(&shared.pool), &status.details),
                         ));
                         line.extend_from_slice(b"}\n");
                         Some((Ok(Bytes::from(line)), StreamState::Fail(aborted)))
@@ -1344,6 +1434,30 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_retry_hint_becomes_retry_after() {
+        let after = std::time::Duration::from_millis(2500);
+        let details = retry_details(Code::ResourceExhausted, "slow down", after);
+        assert_eq!(retry_delay(&details), Some(after));
+        let status = tonic::Status::with_details(Code::ResourceExhausted, "slow down", details);
+        let response = status_response(StatusCode::TOO_MANY_REQUESTS, &status);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"code": 8, "message": "slow down", "details": [
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2.500s"}
+            ]})
+        );
+        let plain = status_response(
+            StatusCode::BAD_REQUEST,
+            &tonic::Status::invalid_argument("x"),
+        );
+        assert!(!plain.headers().contains_key(header::RETRY_AFTER));
+    }
+
     #[test]
     fn frames_are_split_only_when_complete() {
         let mut buf = BytesMut::from(&frame(b"hello", 0)[..]);
@@ -1386,14 +1500,14 @@ mod tests {
             ],
         };
         assert_eq!(
-            decode_details(&pool, &status.encode_to_vec()),
+            decode_details(Some(&pool), &status.encode_to_vec()),
             [
                 json!({"@type": "type.googleapis.com/fixture.v1.Inner", "label": "why", "depth": 0}),
                 json!({"@type": "type.googleapis.com/google.protobuf.Duration", "value": "2s"}),
                 json!({"@type": "type.googleapis.com/nowhere.Thing", "value": "/w=="}),
             ]
         );
-        assert!(decode_details(&pool, b"\xff\xff").is_empty());
+        assert!(decode_details(Some(&pool), b"\xff\xff").is_empty());
         // Unpadded base64, as tonic sends it.
         assert_eq!(decode_base64_header(b"AQID").unwrap(), &[1u8, 2, 3][..]);
         assert!(decode_base64_header(b"!!").is_none());

@@ -41,6 +41,8 @@ pub struct AppState {
     pub push_guard: Arc<EndpointGuard>,
     /// Wakes the push worker after pushes were queued.
     pub push_wake: Arc<Notify>,
+    /// Replay protection: the nonces of accepted signatures.
+    pub nonces: Arc<api::replay::NonceStore>,
 }
 
 impl AppState {
@@ -74,6 +76,10 @@ impl AppState {
             )
         })?;
         let metrics = Metrics::with_database_commits(store.commit_counter());
+        let nonces =
+            api::replay::NonceStore::open(store.clone(), config.nonce_budgets, clock.now())
+                .await
+                .context("loading the nonces of recent signatures")?;
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -84,6 +90,7 @@ impl AppState {
             metrics,
             push_guard,
             push_wake: Arc::default(),
+            nonces: Arc::new(nonces),
         })
     }
 }

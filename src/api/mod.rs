@@ -1,7 +1,8 @@
 //! The edge: the only code that sees tonic, axum, prost or wire JSON.
 //!
 //! One service answers every request on the port. From the outside in:
-//! CORS → authentication (RFC 9421, inserts a `Caller`) → a split by
+//! CORS → authentication (RFC 9421 and the nonce, inserts a `Caller`) →
+//! the upload gate → the covered body digest → a split by
 //! content type: `application/grpc` to the tonic routes, `application/grpc-web`
 //! to the same routes behind `GrpcWebLayer`, everything else to an axum router
 //! with the plain HTTP pages and, as its fallback, the JSON gateway that
@@ -78,20 +79,28 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
         }
     });
 
-    let verifier = auth::Verifier::new(state, limits.largest() * 2);
+    let verifier = auth::Verifier::new(state);
+    let l = &state.config.limits;
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(cors())
+            // Signature and nonce first: only a signed upload takes a permit;
+            // then the gate; then the body digest, which reads the body.
+            .layer(auth::AuthLayer::new(verifier))
             .layer(uploads::UploadGateLayer::new(
-                state.config.limits.max_concurrent_uploads as usize,
+                l.max_concurrent_uploads as usize,
                 uploads::UploadLimits {
                     queue: std::time::Duration::from_secs(30),
-                    complete: std::time::Duration::from_secs(
-                        state.config.limits.upload_timeout_secs.into(),
-                    ),
+                    complete: std::time::Duration::from_secs(l.upload_timeout_secs.into()),
+                    per_client: l.max_concurrent_uploads_per_client as usize,
+                    min_rate: l.min_upload_bytes_per_second.into(),
+                    grace: std::time::Duration::from_secs(l.upload_rate_grace_secs.into()),
                 },
             ))
-            .layer(auth::AuthLayer::new(verifier))
+            .layer(auth::DigestLayer::new(
+                limits.largest() * 2,
+                state.metrics.clone(),
+            ))
             .service(dispatch),
     ))
 }

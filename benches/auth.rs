@@ -1,6 +1,6 @@
 //! Request authentication at the edge: the whole check a signed request
-//! passes (`AuthLayer`: parse, policy, signature base, Ed25519, replay
-//! cache), its parts, and raw Ed25519 verification on one core (the limit
+//! passes (`AuthLayer`: parse, policy, signature base, Ed25519, nonce
+//! store with its commit), its parts, and raw Ed25519 verification on one core (the limit
 //! the server's signed-request throughput compares against).
 //!
 //! Each verified request needs a fresh signature (its nonce is accepted
@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, header};
 use piqchat_inbox::{
     api::{
         auth::{AuthLayer, Verifier},
-        replay::ReplayCache,
+        replay::Replay,
     },
     app::AppState,
     client::{RequestSigner, UserKey},
@@ -47,12 +47,13 @@ fn auth(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::for_dir(dir.path());
     // Criterion makes far more signed requests than a real client within
-    // the replay window; keep the cache from filling up during the bench.
-    config.replay_cache_max_entries = 50_000_000;
+    // the replay window; keep the nonce store from filling up during the bench.
+    config.nonce_budgets.unknown = 50_000_000;
+    config.nonce_budgets.per_key = 50_000_000;
     let state = rt
         .block_on(AppState::open(config, Clock::system()))
         .expect("state");
-    let verifier = Verifier::new(&state, 1 << 20);
+    let verifier = Verifier::new(&state);
     let inner = tower::service_fn(|req: Request<Body>| async move {
         let status = if req.extensions().get::<Caller>().is_some() {
             200
@@ -84,7 +85,7 @@ fn auth(c: &mut Criterion) {
         )
     });
 
-    // The same steps without the tower layer and the replay cache.
+    // The same steps without the tower layer and the nonce store.
     let public = *signer.user_id().as_bytes();
     group.bench_function("httpsig_parse_base_verify", |b| {
         b.iter_batched(
@@ -106,15 +107,26 @@ fn auth(c: &mut Criterion) {
         )
     });
 
-    group.bench_function("replay_cache_check_and_insert", |b| {
-        let cache = ReplayCache::new(50_000_000);
-        let key = [7u8; 32];
+    // A nonce checked, recorded and committed (alone: no other request
+    // shares the commit here).
+    group.bench_function("nonce_store_check_and_insert", |b| {
+        let key = UserKey::generate().user_id();
         let mut i = 0u64;
         let now = Clock::system().now();
         b.iter(|| {
             i += 1;
             let nonce = format!("{i:032x}");
-            black_box(cache.check_and_insert(&key, &nonce, now + 300_000, now))
+            rt.block_on(async {
+                match state
+                    .nonces
+                    .check_and_insert(&key, &nonce, now + 300_000, now)
+                    .await
+                    .expect("checks")
+                {
+                    Replay::Fresh(durable) => durable.await.expect("commits"),
+                    _ => panic!("a fresh nonce was refused"),
+                }
+            })
         })
     });
 

@@ -39,6 +39,8 @@ pub struct AppState {
     pub push_wake: Arc<Notify>,
     /// The rate limiters (`api::limits`).
     pub limits: Arc<api::limits::Limiters>,
+    /// Replay protection: the nonces of accepted signatures.
+    pub nonces: Arc<api::replay::NonceStore>,
 }
 
 impl AppState {
@@ -73,6 +75,10 @@ impl AppState {
         })?;
         let metrics = Metrics::with_database_commits(store.commit_counter());
         let limits = api::limits::Limiters::start(&config.rate_limits, &metrics);
+        let nonces =
+            api::replay::NonceStore::open(store.clone(), config.nonce_budgets, clock.now())
+                .await
+                .context("loading the nonces of recent signatures")?;
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -84,6 +90,7 @@ impl AppState {
             push_guard,
             push_wake: Arc::default(),
             limits,
+            nonces: Arc::new(nonces),
         })
     }
 }

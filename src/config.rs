@@ -51,8 +51,9 @@ pub struct Config {
     pub shutdown_grace_secs: u32,
     /// Allowed distance between a signature's `created` and the server clock.
     pub signature_max_skew_secs: u32,
-    /// Most (key, nonce) pairs remembered for replay protection.
-    pub replay_cache_max_entries: usize,
+    /// Live (key, nonce) pairs remembered for replay protection, per class
+    /// of key, and per key.
+    pub nonce_budgets: NonceBudgets,
     pub limits: Limits,
     pub retention: Retention,
     /// Proxies whose `X-Forwarded-For` / `Forwarded` name the client
@@ -92,6 +93,19 @@ pub struct Connections {
     pub drain_secs: u32,
 }
 
+/// How many live nonces the replay protection holds (see `api::replay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonceBudgets {
+    /// Keys with an account here (`NONCE_BUDGET_REGISTERED`).
+    pub registered: usize,
+    /// Keys some registered user accepts as a sender (`NONCE_BUDGET_CONTACTS`).
+    pub contacts: usize,
+    /// Every other key (`NONCE_BUDGET_UNKNOWN`).
+    pub unknown: usize,
+    /// Live nonces of one key (`NONCE_MAX_PER_KEY`).
+    pub per_key: u32,
+}
+
 /// What is forgotten when, and the database backups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
@@ -126,6 +140,11 @@ pub struct Limits {
     pub max_concurrent_uploads: u32,
     /// Longest an upload may take once it has its turn.
     pub upload_timeout_secs: u32,
+    /// Uploads of one client address (IPv6 by /64) handled at once.
+    pub max_concurrent_uploads_per_client: u32,
+    /// Least average upload rate, checked after the grace period; 0: none.
+    pub min_upload_bytes_per_second: u32,
+    pub upload_rate_grace_secs: u32,
 }
 
 /// A configuration value that cannot be used.
@@ -222,12 +241,7 @@ impl Config {
             create_sign_up_invite: env.parse_bool("CREATE_SIGN_UP_INVITE", false)?,
             shutdown_grace_secs: env.ranged("SHUTDOWN_GRACE_SECONDS", 30, 1, 3600)?,
             signature_max_skew_secs: env.ranged("SIGNATURE_MAX_SKEW_SECONDS", 300, 5, 3600)?,
-            replay_cache_max_entries: env.ranged(
-                "REPLAY_CACHE_MAX_ENTRIES",
-                2_000_000,
-                1_000,
-                50_000_000,
-            )? as usize,
+            nonce_budgets: nonce_budgets(&env)?,
             limits: Limits {
                 max_attachment_bytes: env.ranged("MAX_ATTACHMENT_BYTES", 20 << 20, 1, 256 << 20)?,
                 max_content_bytes: env.ranged("MAX_CONTENT_BYTES", 64 << 10, 1, 1 << 20)?,
@@ -255,6 +269,19 @@ impl Config {
                 min_free_disk_bytes: env.ranged64("MIN_FREE_DISK_BYTES", 256 << 20, 0, 1 << 50)?,
                 max_concurrent_uploads: env.ranged("MAX_CONCURRENT_UPLOADS", 8, 1, 1024)?,
                 upload_timeout_secs: env.ranged("UPLOAD_TIMEOUT_SECONDS", 120, 1, 3600)?,
+                max_concurrent_uploads_per_client: env.ranged(
+                    "MAX_CONCURRENT_UPLOADS_PER_CLIENT",
+                    4,
+                    1,
+                    1024,
+                )?,
+                min_upload_bytes_per_second: env.ranged(
+                    "MIN_UPLOAD_BYTES_PER_SECOND",
+                    32 << 10,
+                    0,
+                    1 << 30,
+                )?,
+                upload_rate_grace_secs: env.ranged("UPLOAD_RATE_GRACE_SECONDS", 10, 1, 3600)?,
             },
             retention: Retention {
                 parcel_max_age_days: env.ranged("PARCEL_MAX_AGE_DAYS", 90, 1, 3650)?,
@@ -356,7 +383,7 @@ impl fmt::Debug for Config {
             .field("create_sign_up_invite", &self.create_sign_up_invite)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("signature_max_skew_secs", &self.signature_max_skew_secs)
-            .field("replay_cache_max_entries", &self.replay_cache_max_entries)
+            .field("nonce_budgets", &self.nonce_budgets)
             .field("limits", &self.limits)
             .field("retention", &self.retention)
             .field("connections", &self.connections)
@@ -436,6 +463,23 @@ impl Env<'_> {
             }),
         }
     }
+}
+
+/// The nonce budgets. `REPLAY_CACHE_MAX_ENTRIES`, the single budget of
+/// earlier versions, still sets the total when given: split 5 : 1 : 1, unless
+/// a class's own variable is set.
+fn nonce_budgets(env: &Env) -> Result<NonceBudgets, ConfigError> {
+    let total = match env.get("REPLAY_CACHE_MAX_ENTRIES") {
+        Some(_) => env.ranged("REPLAY_CACHE_MAX_ENTRIES", 700_000, 1_000, 50_000_000)?,
+        None => 700_000,
+    };
+    let share = |parts: u32| total / 7 * parts;
+    Ok(NonceBudgets {
+        registered: env.ranged("NONCE_BUDGET_REGISTERED", share(5), 100, 50_000_000)? as usize,
+        contacts: env.ranged("NONCE_BUDGET_CONTACTS", share(1), 100, 50_000_000)? as usize,
+        unknown: env.ranged("NONCE_BUDGET_UNKNOWN", share(1), 100, 50_000_000)? as usize,
+        per_key: env.ranged("NONCE_MAX_PER_KEY", 10_000, 10, 10_000_000)?,
+    })
 }
 
 /// `HH:MM` (24-hour clock) to minutes after midnight.

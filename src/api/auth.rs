@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 
 use super::{
     Https, Protocol, RequestAuthority, gateway,
-    replay::{Replay, ReplayCache},
+    replay::{NonceStore, Replay},
 };
 use crate::{
     app::AppState,
@@ -30,6 +30,9 @@ use crate::{
     httpsig::{self, DigestAlg, ParsedSignature, RequestParts, SigError},
     metrics::Metrics,
 };
+
+/// When a refused nonce (full budget, key at its cap) is worth retrying.
+const NONCE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The label verified when a request carries several signatures.
 pub const PREFERRED_LABEL: &str = "piqchat";
@@ -44,9 +47,7 @@ pub struct Verifier {
     tag: String,
     max_skew: Millis,
     clock: Clock,
-    replay: ReplayCache,
-    /// Largest body read to check a covered Content-Digest.
-    max_body: usize,
+    nonces: Arc<NonceStore>,
     metrics: Metrics,
 }
 
@@ -55,27 +56,38 @@ pub struct Verifier {
 pub enum Rejection {
     /// 401 / UNAUTHENTICATED: a metric label and a short reason for the client.
     Unauthenticated(&'static str, String),
-    /// 503 / UNAVAILABLE: the replay cache is full.
-    Unavailable(&'static str),
+    /// 503 / UNAVAILABLE: the nonce budget of the caller's class of key is
+    /// full, or the nonce could not be recorded.
+    Unavailable(String),
+    /// 429 / RESOURCE_EXHAUSTED: this key has too many live nonces.
+    KeyLimit,
     /// 413 / RESOURCE_EXHAUSTED: a digest-covered body over the size limit.
     TooLarge,
 }
 
-/// A verified signature: who signed, and the body digests to check, if covered.
+/// A verified signature: who signed, its nonce and how long it could be
+/// valid, and the body digests to check, if covered.
 struct Verified {
     caller: Caller,
+    nonce: String,
+    forget_after: Millis,
+    now: Millis,
     digests: Vec<(DigestAlg, Vec<u8>)>,
 }
 
+/// The body digests a verified signature covers: the digest layer checks
+/// them once the upload gate let the request in.
+#[derive(Clone, Debug)]
+pub struct CoveredDigests(Vec<(DigestAlg, Vec<u8>)>);
+
 impl Verifier {
-    pub fn new(state: &AppState, max_body: usize) -> Self {
+    pub fn new(state: &AppState) -> Self {
         Verifier {
-            max_body,
             metrics: state.metrics.clone(),
             tag: state.identity.public_key().to_owned(),
             max_skew: i64::from(state.config.signature_max_skew_secs) * SECOND,
             clock: state.clock.clone(),
-            replay: ReplayCache::new(state.config.replay_cache_max_entries),
+            nonces: state.nonces.clone(),
         }
     }
 
@@ -102,6 +114,10 @@ impl Verifier {
             return Err(fail("too_large", "signature headers are too large"));
         }
         let sigs = httpsig::parse(headers).map_err(sig_error)?;
+        // Every signature present must be well-formed, also those not verified.
+        if sigs.iter().any(|s| s.signature.len() != 64) {
+            return Err(sig_error(SigError::SignatureLength));
+        }
         let sig = choose(sigs)?;
         let p = &sig.params;
 
@@ -132,6 +148,15 @@ impl Verifier {
             return Err(fail(
                 "policy",
                 "nonce must be 22 to 128 characters (at least 16 random bytes)",
+            ));
+        }
+        if !nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(fail(
+                "policy",
+                "nonce must use only A-Z a-z 0-9 - _ (unpadded base64url or hex)",
             ));
         }
         let now = self.clock.now();
@@ -194,25 +219,6 @@ impl Verifier {
         let base = httpsig::signature_base(&sig, &request).map_err(sig_error)?;
         httpsig::verify_ed25519(&base, &sig.signature, user_id.as_bytes()).map_err(sig_error)?;
 
-        // Only a verified signature may use up a nonce.
-        match self
-            .replay
-            .check_and_insert(user_id.as_bytes(), nonce, forget_after, now)
-        {
-            Replay::Fresh => {}
-            Replay::Replayed => {
-                return Err(fail(
-                    "replayed",
-                    "nonce was already used (replayed request)",
-                ));
-            }
-            Replay::Full => {
-                return Err(Rejection::Unavailable(
-                    "too many signed requests; retry shortly",
-                ));
-            }
-        }
-
         let digests = if p.covers("content-digest") {
             let value = headers
                 .get("content-digest")
@@ -224,8 +230,41 @@ impl Verifier {
         };
         Ok(Some(Verified {
             caller: Caller { user_id },
+            nonce: nonce.to_owned(),
+            forget_after,
+            now,
             digests,
         }))
+    }
+
+    /// Uses up the nonce of a verified signature; `Ok` carries the future
+    /// that resolves once the nonce is durable.
+    async fn use_nonce(
+        &self,
+        v: &Verified,
+    ) -> Result<BoxFuture<'static, crate::error::Result<()>>, Rejection> {
+        let replay = self
+            .nonces
+            .check_and_insert(&v.caller.user_id, &v.nonce, v.forget_after, v.now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "checking a nonce failed");
+                Rejection::Unavailable(
+                    "could not check the signature's nonce; retry shortly".into(),
+                )
+            })?;
+        match replay {
+            Replay::Fresh(durable) => Ok(durable),
+            Replay::Replayed => Err(Rejection::Unauthenticated(
+                "replayed",
+                "nonce was already used (replayed request)".into(),
+            )),
+            Replay::KeyFull => Err(Rejection::KeyLimit),
+            Replay::Full(class) => Err(Rejection::Unavailable(format!(
+                "too many signed requests from {} keys; retry in a minute",
+                class.name()
+            ))),
+        }
     }
 }
 
@@ -271,6 +310,7 @@ impl Rejection {
         match self {
             Rejection::Unauthenticated(kind, _) => kind,
             Rejection::Unavailable(_) => "overloaded",
+            Rejection::KeyLimit => "key_limit",
             Rejection::TooLarge => "too_large",
         }
     }
@@ -278,7 +318,17 @@ impl Rejection {
     fn status(&self) -> Status {
         match self {
             Rejection::Unauthenticated(_, reason) => Status::unauthenticated(reason.clone()),
-            Rejection::Unavailable(reason) => Status::unavailable(*reason),
+            // A full nonce budget or key frees up as signatures age out of
+            // the window: hint a retry within a minute.
+            Rejection::Unavailable(reason) => Status::with_details(
+                tonic::Code::Unavailable,
+                reason.clone(),
+                gateway::retry_details(tonic::Code::Unavailable, reason, NONCE_RETRY),
+            ),
+            Rejection::KeyLimit => Status::from(crate::error::Error::RateLimited {
+                message: "too many signed requests with this key in the last minutes; slow down and retry shortly".into(),
+                retry_after: NONCE_RETRY,
+            }),
             Rejection::TooLarge => {
                 Status::resource_exhausted("request body is larger than any call accepts")
             }
@@ -298,11 +348,11 @@ impl Rejection {
 fn refuse_now(
     metrics: &Metrics,
     protocol: Protocol,
-    parts: &http::request::Parts,
+    uri: &http::Uri,
     rejection: Rejection,
 ) -> Response<Body> {
     metrics.auth_failure(rejection.kind());
-    tracing::info!(path = %redacted_path(parts.uri.path()), reason = ?rejection, "request refused");
+    tracing::info!(path = %redacted_path(uri.path()), reason = ?rejection, "request refused");
     rejection.into_response(protocol)
 }
 
@@ -374,32 +424,123 @@ where
             let authority = RequestAuthority(authority.to_owned());
             parts.extensions.insert(authority);
         }
-        let digests = match self.verifier.verify(&parts) {
-            Ok(None) => Vec::new(),
-            Ok(Some(verified)) => {
-                parts.extensions.insert(verified.caller);
-                verified.digests
-            }
-            Err(rejection) => {
-                let response = refuse_now(&self.verifier.metrics, protocol, &parts, rejection);
-                return Box::pin(async move { Ok(response) });
-            }
-        };
         // Take the service that was driven to readiness; leave a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if digests.is_empty() {
-            return Box::pin(inner.call(Request::from_parts(parts, body)));
+        let verified = match self.verifier.verify(&parts) {
+            Ok(None) => return Box::pin(inner.call(Request::from_parts(parts, body))),
+            Ok(Some(verified)) => verified,
+            Err(rejection) => {
+                let response = refuse_now(&self.verifier.metrics, protocol, &parts.uri, rejection);
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            // Only a verified signature may use up a nonce.
+            let durable = match verifier.use_nonce(&verified).await {
+                Ok(durable) => durable,
+                Err(rejection) => {
+                    return Ok(refuse_now(
+                        &verifier.metrics,
+                        protocol,
+                        &parts.uri,
+                        rejection,
+                    ));
+                }
+            };
+            parts.extensions.insert(verified.caller);
+            if !verified.digests.is_empty() {
+                parts.extensions.insert(CoveredDigests(verified.digests));
+            }
+            let uri = parts.uri.clone();
+            // The request runs while its nonce commits; the response waits
+            // for the commit, so no acknowledged request can be replayed
+            // after a crash.
+            let (response, durable) =
+                futures_util::future::join(inner.call(Request::from_parts(parts, body)), durable)
+                    .await;
+            match durable {
+                Ok(()) => response,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording a nonce failed");
+                    let rejection = Rejection::Unavailable(
+                        "could not record the signature's nonce; retry shortly".into(),
+                    );
+                    Ok(refuse_now(&verifier.metrics, protocol, &uri, rejection))
+                }
+            }
+        })
+    }
+}
+
+/// Checks a Content-Digest that a verified signature covers, before the
+/// handler sees the body; sits behind the upload gate, since it reads the
+/// body whole (bounded by the largest request any route accepts). Only
+/// clients that opt into the digest pay for it.
+#[derive(Clone)]
+pub struct DigestLayer {
+    max_body: usize,
+    metrics: Metrics,
+}
+
+impl DigestLayer {
+    pub fn new(max_body: usize, metrics: Metrics) -> Self {
+        DigestLayer { max_body, metrics }
+    }
+}
+
+impl<S> Layer<S> for DigestLayer {
+    type Service = DigestCheck<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DigestCheck {
+            inner,
+            layer: self.clone(),
         }
-        // A covered Content-Digest is checked before the handler sees the
-        // body, so the body is read first (bounded by the largest request any
-        // route accepts). Only clients that opt into the digest pay for it.
-        let max_body = self.verifier.max_body;
-        let metrics = self.verifier.metrics.clone();
+    }
+}
+
+#[derive(Clone)]
+pub struct DigestCheck<S> {
+    inner: S,
+    layer: DigestLayer,
+}
+
+impl<S> Service<Request<Body>> for DigestCheck<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let protocol = Protocol::of(&req);
+        let (mut parts, body) = req.into_parts();
+        let Some(CoveredDigests(digests)) = parts.extensions.remove::<CoveredDigests>() else {
+            return Box::pin(inner.call(Request::from_parts(parts, body)));
+        };
+        let DigestLayer { max_body, metrics } = self.layer.clone();
         Box::pin(async move {
             let bytes = match Limited::new(body, max_body).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(_) => return Ok(refuse_now(&metrics, protocol, &parts, Rejection::TooLarge)),
+                Err(_) => {
+                    return Ok(refuse_now(
+                        &metrics,
+                        protocol,
+                        &parts.uri,
+                        Rejection::TooLarge,
+                    ));
+                }
             };
             let matches = digests.iter().all(|(alg, expected)| {
                 let actual = match alg {
@@ -413,7 +554,7 @@ where
                     "digest",
                     "content-digest does not match the body".into(),
                 );
-                return Ok(refuse_now(&metrics, protocol, &parts, rejection));
+                return Ok(refuse_now(&metrics, protocol, &parts.uri, rejection));
             }
             inner
                 .call(Request::from_parts(parts, Body::from(bytes)))

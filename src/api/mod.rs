@@ -1,7 +1,9 @@
 //! The edge: the only code that sees tonic, axum, prost or wire JSON.
 //!
 //! One service answers every request on the port. From the outside in:
-//! HTTP rules and draining of refused bodies (`edge`) → CORS → authentication (RFC 9421, inserts a `Caller`) → a split by
+//! HTTP rules and draining of refused bodies (`edge`) → client address →
+//! CORS → per-address rate limit → authentication (RFC 9421 and the nonce,
+//! inserts a `Caller`) → the upload gate → the covered body digest → a split by
 //! content type: `application/grpc` to the tonic routes, `application/grpc-web`
 //! to the same routes behind `GrpcWebLayer`, everything else to an axum router
 //! with the plain HTTP pages and, as its fallback, the JSON gateway that
@@ -83,7 +85,8 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
     });
 
     let dispatch = edge::answer_head(BoxCloneSyncService::new(dispatch));
-    let verifier = auth::Verifier::new(state, limits.largest() * 2);
+    let verifier = auth::Verifier::new(state);
+    let l = &state.config.limits;
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(edge::EdgeLayer::new(edge::Drain::new(
@@ -94,16 +97,23 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
             ))
             .layer(cors())
             .layer(limits::IpLimitLayer::new(state.limits.clone()))
+            // Signature and nonce first: only a signed upload takes a permit;
+            // then the gate; then the body digest, which reads the body.
+            .layer(auth::AuthLayer::new(verifier))
             .layer(uploads::UploadGateLayer::new(
-                state.config.limits.max_concurrent_uploads as usize,
+                l.max_concurrent_uploads as usize,
                 uploads::UploadLimits {
                     queue: std::time::Duration::from_secs(30),
-                    complete: std::time::Duration::from_secs(
-                        state.config.limits.upload_timeout_secs.into(),
-                    ),
+                    complete: std::time::Duration::from_secs(l.upload_timeout_secs.into()),
+                    per_client: l.max_concurrent_uploads_per_client as usize,
+                    min_rate: l.min_upload_bytes_per_second.into(),
+                    grace: std::time::Duration::from_secs(l.upload_rate_grace_secs.into()),
                 },
             ))
-            .layer(auth::AuthLayer::new(verifier))
+            .layer(auth::DigestLayer::new(
+                limits.largest() * 2,
+                state.metrics.clone(),
+            ))
             .service(dispatch),
     ))
 }

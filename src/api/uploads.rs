@@ -3,46 +3,67 @@
 //! requests whose body is read to check a `Content-Digest` take a permit from
 //! a semaphore before anything reads their body, and hold it until the
 //! response is ready. More wait their turn.
+//!
+//! The gate sits behind signature verification: an unsigned or badly signed
+//! upload never holds a permit. One client address holds only a few permits
+//! at once (more wait for their own turn), and an upload slower than the
+//! minimum rate is cut, so that slow or stalled uploads cannot keep the
+//! permits from everyone else.
 
 use std::{
-    sync::Arc,
-    task::{Context, Poll},
+    collections::HashMap,
+    future::Future as _,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use std::time::Duration;
+use http_body::{Frame, SizeHint};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, Sleep},
+};
 use tonic::Status;
-
-use super::Protocol;
-use tokio::sync::Semaphore;
 use tower::{Layer, Service};
+
+use super::{ClientIp, IpKey, Protocol, auth::CoveredDigests};
+use crate::domain::Caller;
 
 /// The gRPC path of the one RPC that takes large messages.
 pub const SEND_PARCEL_PATH: &str = "/piqchat.inbox.v1.ParcelService/SendParcel";
 /// Its JSON gateway route (checked against the route table by a test).
 pub const SEND_PARCEL_ROUTE: (Method, &str) = (Method::POST, "/v1/parcels");
 
-/// Parcel sends, and any request with a `Content-Digest`: the authentication
-/// layer reads such a body whole to check the digest before the handler runs.
-fn is_upload<B>(req: &Request<B>) -> bool {
+fn is_send<B>(req: &Request<B>) -> bool {
     let path = req.uri().path();
-    path == SEND_PARCEL_PATH
-        || (req.method() == SEND_PARCEL_ROUTE.0 && path == SEND_PARCEL_ROUTE.1)
-        || req.headers().contains_key("content-digest")
+    path == SEND_PARCEL_PATH || (req.method() == SEND_PARCEL_ROUTE.0 && path == SEND_PARCEL_ROUTE.1)
 }
 
-/// How long an upload may wait for a permit, and how long it may then take.
+/// How long an upload may wait for a permit, how long it may then take, and
+/// how slow it may be.
 #[derive(Clone, Copy, Debug)]
 pub struct UploadLimits {
     pub queue: Duration,
     pub complete: Duration,
+    /// Uploads of one client address at once (IPv6 by /64).
+    pub per_client: usize,
+    /// Least average rate in bytes per second, checked after `grace`; 0: none.
+    pub min_rate: u64,
+    pub grace: Duration,
 }
 
 #[derive(Clone)]
 pub struct UploadGateLayer {
     permits: Arc<Semaphore>,
+    clients: Arc<Clients>,
     limits: UploadLimits,
 }
 
@@ -50,6 +71,7 @@ impl UploadGateLayer {
     pub fn new(max_concurrent: usize, limits: UploadLimits) -> Self {
         UploadGateLayer {
             permits: Arc::new(Semaphore::new(max_concurrent)),
+            clients: Arc::default(),
             limits,
         }
     }
@@ -61,8 +83,7 @@ impl<S> Layer<S> for UploadGateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         UploadGate {
             inner,
-            permits: self.permits.clone(),
-            limits: self.limits,
+            layer: self.clone(),
         }
     }
 }
@@ -70,8 +91,7 @@ impl<S> Layer<S> for UploadGateLayer {
 #[derive(Clone)]
 pub struct UploadGate<S> {
     inner: S,
-    permits: Arc<Semaphore>,
-    limits: UploadLimits,
+    layer: UploadGateLayer,
 }
 
 impl<S> Service<Request<Body>> for UploadGate<S>
@@ -90,19 +110,68 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !is_upload(&req) {
+        // Parcel sends, and requests whose body the digest check reads whole.
+        let send = is_send(&req);
+        if !send && req.extensions().get::<CoveredDigests>().is_none() {
             return Box::pin(inner.call(req));
         }
-        let (permits, limits) = (self.permits.clone(), self.limits);
         let protocol = Protocol::of(&req);
+        if send && req.extensions().get::<Caller>().is_none() {
+            // Refused before its body is read: it would be refused after.
+            let status = Status::unauthenticated(
+                "sending a parcel needs a signed request (see docs/AUTH.md)",
+            );
+            return Box::pin(async move {
+                Ok(protocol.error_response(status, StatusCode::UNAUTHORIZED))
+            });
+        }
+        let layer = self.layer.clone();
+        let client = req.extensions().get::<ClientIp>().map(|ip| ip.key());
         Box::pin(async move {
-            let Ok(Ok(_permit)) = tokio::time::timeout(limits.queue, permits.acquire_owned()).await
-            else {
+            let limits = layer.limits;
+            let busy = || {
                 let status = Status::unavailable("too many uploads in progress; retry shortly");
-                return Ok(protocol.error_response(status, StatusCode::SERVICE_UNAVAILABLE));
+                protocol.error_response(status, StatusCode::SERVICE_UNAVAILABLE)
+            };
+            let deadline = Instant::now() + limits.queue;
+            // First a turn among this client's uploads, then a permit.
+            let _turn = match client {
+                Some(key) => match layer.clients.turn(key, limits.per_client, deadline).await {
+                    Some(turn) => Some(turn),
+                    None => return Ok(busy()),
+                },
+                None => None,
+            };
+            let Ok(Ok(_permit)) =
+                tokio::time::timeout_at(deadline, layer.permits.clone().acquire_owned()).await
+            else {
+                return Ok(busy());
+            };
+            let cut = Arc::new(AtomicBool::new(false));
+            let req = if limits.min_rate > 0 {
+                req.map(|body| {
+                    Body::new(MinRate {
+                        inner: body,
+                        received: 0,
+                        started: Instant::now(),
+                        limits,
+                        timer: None,
+                        cut: cut.clone(),
+                    })
+                })
+            } else {
+                req
             };
             // A slow upload must not hold its permit (and memory) for ever.
-            match tokio::time::timeout(limits.complete, inner.call(req)).await {
+            let result = tokio::time::timeout(limits.complete, inner.call(req)).await;
+            if cut.load(Ordering::Relaxed) {
+                let status = Status::deadline_exceeded(format!(
+                    "the upload was slower than {} KiB/s; send it over a faster connection or smaller",
+                    limits.min_rate / 1024
+                ));
+                return Ok(protocol.error_response(status, StatusCode::REQUEST_TIMEOUT));
+            }
+            match result {
                 Ok(result) => result,
                 Err(_) => {
                     let status = Status::deadline_exceeded(
@@ -112,5 +181,120 @@ where
                 }
             }
         })
+    }
+}
+
+/// Uploads in progress per client address. An entry lives while an upload
+/// of that client holds or waits for a turn, so the map is bounded by the
+/// uploads in flight.
+#[derive(Default)]
+struct Clients(Mutex<HashMap<IpKey, Arc<Semaphore>>>);
+
+/// One upload's turn among its client's uploads.
+struct Turn {
+    clients: Arc<Clients>,
+    key: IpKey,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Clients {
+    async fn turn(
+        self: &Arc<Self>,
+        key: IpKey,
+        per_client: usize,
+        deadline: Instant,
+    ) -> Option<Turn> {
+        let semaphore = self
+            .0
+            .lock()
+            .expect("upload clients poisoned")
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(per_client)))
+            .clone();
+        // The turn is built first so that a timed-out wait also tidies up.
+        let mut turn = Turn {
+            clients: self.clone(),
+            key,
+            permit: None,
+        };
+        let acquired = tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await;
+        turn.permit = Some(acquired.ok()?.ok()?);
+        Some(turn)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut map = self.clients.0.lock().expect("upload clients poisoned");
+        // Only the map holds it: nobody of this client uploads or waits.
+        if map
+            .get(&self.key)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// A request body that fails once its average rate since the start falls
+/// below the minimum, after the grace period.
+struct MinRate {
+    inner: Body,
+    received: u64,
+    started: Instant,
+    limits: UploadLimits,
+    timer: Option<Pin<Box<Sleep>>>,
+    cut: Arc<AtomicBool>,
+}
+
+impl MinRate {
+    /// When the average falls below the minimum if nothing more arrives.
+    fn deadline(&self) -> Instant {
+        let needed = Duration::from_secs_f64(self.received as f64 / self.limits.min_rate as f64);
+        self.started + needed.max(self.limits.grace)
+    }
+}
+
+impl http_body::Body for MinRate {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(Ok(frame)) = &frame
+                && let Some(data) = frame.data_ref()
+            {
+                this.received += data.len() as u64;
+                // A trickle is cut as well as a stall.
+                if Instant::now() > this.deadline() {
+                    this.cut.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(axum::Error::new("the upload is too slow"))));
+                }
+            }
+            return Poll::Ready(frame);
+        }
+        let deadline = this.deadline();
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        this.cut.store(true, Ordering::Relaxed);
+        Poll::Ready(Some(Err(axum::Error::new("the upload is too slow"))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

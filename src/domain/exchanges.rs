@@ -148,6 +148,12 @@ pub async fn accept(
     if let Some(answer) = answer {
         check_card(config, "answer", answer)?;
     }
+    // An account for a key that can never sign could never be used.
+    if sign_up.is_some_and(|id| !id.is_usable_key()) {
+        return Err(Error::InvalidArgument(
+            "user_id is not a usable Ed25519 public key (not a curve point, or of small order): generate a new key pair".into(),
+        ));
+    }
     match store.accept_exchange(token, answer, sign_up, now).await? {
         AcceptOutcome::Accepted {
             offer,

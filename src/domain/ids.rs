@@ -39,6 +39,12 @@ impl UserId {
         &self.0
     }
 
+    /// Whether a signature by this key could ever verify: a valid point that
+    /// is not of small order (the verifier refuses those keys).
+    pub fn is_usable_key(&self) -> bool {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0).is_ok_and(|k| !k.is_weak())
+    }
+
     /// The first 6 characters, for logs: enough to correlate, not to identify.
     pub fn short(&self) -> String {
         let mut s = self.to_string();

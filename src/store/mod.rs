@@ -10,6 +10,7 @@
 
 mod accounts;
 mod exchanges;
+mod nonces;
 mod parcels;
 mod push;
 mod readers;
@@ -31,6 +32,7 @@ use writer::Writer;
 
 pub use accounts::{BackupRow, InvitedRow, PushSubscriptionRow};
 pub use exchanges::{AcceptOutcome, ExchangeRow};
+pub use nonces::{KeyStanding, NonceRow};
 pub use parcels::{NewParcel, NewParcels, ParcelRow, QuotaExceeded};
 pub use push::{DuePush, NewPush};
 pub use retention::{BATCH as RETENTION_BATCH, backup_temp_name, remove_backup_temp};

@@ -120,7 +120,33 @@ impl Writer {
         .await
     }
 
+    /// Like [`execute`](Self::execute), but returns as soon as the statement
+    /// is queued, with a future for its commit: whatever is queued later
+    /// commits in the same transaction or a later one.
+    pub(super) async fn execute_queued(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<BoxFuture<'static, Result<SqliteQueryResult>>> {
+        self.enqueue(
+            move |tx| Box::pin(async move { Ok(query.execute(&mut *tx).await?) }),
+            true,
+        )
+        .await
+    }
+
     async fn submit<T, F>(&self, job: F, single_statement: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        self.enqueue(job, single_statement).await?.await
+    }
+
+    async fn enqueue<T, F>(
+        &self,
+        job: F,
+        single_statement: bool,
+    ) -> Result<BoxFuture<'static, Result<T>>>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
@@ -156,7 +182,9 @@ impl Writer {
             .send(Request::Job(job))
             .await
             .map_err(|_| closed())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(Box::pin(
+            async move { answer.await.map_err(|_| stopped())? },
+        ))
     }
 
     /// Runs `work` outside any transaction (for statements such as a WAL

@@ -21,7 +21,7 @@ use crate::harness::token_of_link;
 /// Starts the binary on a free loopback port; returns the child, its
 /// address and the sign-up invite link it printed (when nobody is
 /// registered yet it prints one; `expect_invite` says whether to wait for it).
-fn start(
+pub(crate) fn start(
     dir: &std::path::Path,
     expect_invite: bool,
 ) -> (std::process::Child, String, Option<String>) {
@@ -65,7 +65,7 @@ fn start(
 }
 
 /// Accepts the exchange `token` and signs `user` up with it.
-async fn accept(anon: &HttpClient, token: String, user: &RequestSigner) {
+pub(crate) async fn accept(anon: &HttpClient, token: String, user: &RequestSigner) {
     let _: pb::AcceptExchangeResponse = anon
         .grpc_web_unary(
             "/piqchat.inbox.v1.ExchangeService/AcceptExchange",
@@ -80,7 +80,7 @@ async fn accept(anon: &HttpClient, token: String, user: &RequestSigner) {
 }
 
 /// The server's public key (the signatures' `tag`).
-async fn server_tag(url: &str) -> String {
+pub(crate) async fn server_tag(url: &str) -> String {
     let info = HttpClient::new(url, None)
         .json(http::Method::GET, "/v1/info", None)
         .await

@@ -453,23 +453,22 @@ where
             if !verified.digests.is_empty() {
                 parts.extensions.insert(CoveredDigests(verified.digests));
             }
-            let uri = parts.uri.clone();
             // The request runs while its nonce commits; the response waits
             // for the commit, so no acknowledged request can be replayed
             // after a crash.
             let (response, durable) =
                 futures_util::future::join(inner.call(Request::from_parts(parts, body)), durable)
                     .await;
-            match durable {
-                Ok(()) => response,
-                Err(e) => {
-                    tracing::warn!(error = %e, "recording a nonce failed");
-                    let rejection = Rejection::Unavailable(
-                        "could not record the signature's nonce; retry shortly".into(),
-                    );
-                    Ok(refuse_now(&verifier.metrics, protocol, &uri, rejection))
-                }
+            // The nonce could not be written (a full or failing disk): the
+            // memory front still refuses its replays until a restart. The
+            // handler's own writes went to the same disk after it, so they
+            // failed too and its answer says so; refusing a read here would
+            // take the inbox away on a full disk, and answering an error
+            // for a write that did commit would invite a duplicate.
+            if let Err(e) = durable {
+                tracing::warn!(error = %e, "recording a nonce failed; it is kept in memory only");
             }
+            response
         })
     }
 }

@@ -7,7 +7,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use piqchat_inbox::client::grpc_frame;
+use piqchat_inbox::client::{RequestSigner, grpc_frame};
 
 use crate::harness::TestApp;
 
@@ -36,16 +36,21 @@ fn frame_announcing(announced: u32, sent: usize) -> Bytes {
 
 /// (grpc-status, grpc-message) of a raw gRPC call over h2c.
 async fn grpc(app: &TestApp, path: &str, body: Bytes) -> (i32, String) {
+    grpc_with(app, path, HeaderMap::new(), body).await
+}
+
+async fn grpc_with(app: &TestApp, path: &str, extra: HeaderMap, body: Bytes) -> (i32, String) {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(Method::POST)
         .uri(format!("{}{path}", app.url))
         .header(header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
         .body(Full::new(body))
         .unwrap();
+    req.headers_mut().extend(extra);
     let res = client.request(req).await.expect("the server answers");
     assert_eq!(res.status(), 200);
     let (parts, body) = res.into_parts();
@@ -76,8 +81,17 @@ async fn grpc_web(
     content_type: &'static str,
     body: Bytes,
 ) -> (i32, String) {
+    grpc_web_with(app, path, content_type, HeaderMap::new(), body).await
+}
+
+async fn grpc_web_with(
+    app: &TestApp,
+    path: &str,
+    content_type: &'static str,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> (i32, String) {
     let http = app.http();
-    let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     let reply = http
         .send(http.request(Method::POST, path, headers, body))
@@ -112,6 +126,37 @@ async fn both(app: &TestApp, path: &str, body: Bytes) -> [(i32, String); 2] {
     [
         grpc(app, path, body.clone()).await,
         grpc_web(app, path, "application/grpc-web+proto", body).await,
+    ]
+}
+
+/// The same, signed by `signer` (a fresh signature per call): sends need one
+/// before the server reads their body.
+async fn both_signed(
+    app: &TestApp,
+    signer: &RequestSigner,
+    path: &str,
+    body: Bytes,
+) -> [(i32, String); 2] {
+    let signed = |content_type: &'static str| {
+        let uri: http::Uri = format!("{}{path}", app.url).parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let (input, signature) = signer.sign(&Method::POST, &uri, &headers).unwrap();
+        let mut out = HeaderMap::new();
+        out.insert("signature-input", input.parse().unwrap());
+        out.insert("signature", signature.parse().unwrap());
+        out
+    };
+    [
+        grpc_with(app, path, signed("application/grpc"), body.clone()).await,
+        grpc_web_with(
+            app,
+            path,
+            "application/grpc-web+proto",
+            signed("application/grpc-web+proto"),
+            body,
+        )
+        .await,
     ]
 }
 
@@ -174,7 +219,8 @@ async fn a_message_over_the_limit_names_the_configured_limit() {
     let app = TestApp::spawn_with(|c| c.limits.max_attachment_bytes = 1 << 20).await;
     // The prefix alone is enough: nothing past it is read.
     let frame = frame_announcing(64 << 20, 0);
-    for (code, message) in both(&app, SEND_PARCEL, frame.clone()).await {
+    let sender = app.user();
+    for (code, message) in both_signed(&app, &sender.signer, SEND_PARCEL, frame.clone()).await {
         assert_eq!(code, 8, "{message}");
         assert!(
             message.contains("1 MiB (MAX_ATTACHMENT_BYTES)"),

@@ -113,7 +113,9 @@ async fn send_from(
 
 #[tokio::test]
 async fn slow_uploads_from_one_address_do_not_starve_another() {
-    let app = TestApp::spawn().await;
+    // Room for 200 connections from one address: the connection cap per
+    // address is tested in `connections`; here the upload gate must hold.
+    let app = TestApp::spawn_with(|c| c.connections.max_per_ip = 1000).await;
     let (alice, bob) = app.pair().await;
     // 200 signed uploads from 127.0.0.1 that declare 1 MiB and stall.
     let mut slow = Vec::new();
@@ -154,7 +156,12 @@ async fn an_upload_slower_than_the_minimum_rate_is_cut() {
 
 #[tokio::test]
 async fn unsigned_and_badly_signed_uploads_never_take_a_permit() {
-    let app = TestApp::spawn_with(|c| c.limits.max_concurrent_uploads = 1).await;
+    let app = TestApp::spawn_with(|c| {
+        c.limits.max_concurrent_uploads = 1;
+        // The refusal waits for the unread body this long before it goes out.
+        c.connections.drain_secs = 1;
+    })
+    .await;
     let (alice, bob) = app.pair().await;
     // Unsigned: refused at once, before its body is read.
     let mut unsigned = stalled_upload(app.addr, None, 1 << 20).await;

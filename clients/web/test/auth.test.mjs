@@ -29,13 +29,13 @@ const EXAMPLE = {
     '"@method": GET',
     '"@authority": inbox.example.org',
     '"@path": /v1/parcels',
-    '"@query": ?limit=20',
+    '"@query": ?page_size=20',
     '"@signature-params": ("@method" "@authority" "@path" "@query");created=1767225600;nonce="oKGio6SlpqeoqaqrrK2urw";alg="ed25519";keyid="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";tag="PUAXw-hDiVqStwqnTRt-vJyYLM8uxJaMwM1V8Sr0Zgw"',
   ].join("\n"),
   signatureInput:
     'piqchat=("@method" "@authority" "@path" "@query");created=1767225600;nonce="oKGio6SlpqeoqaqrrK2urw";alg="ed25519";keyid="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";tag="PUAXw-hDiVqStwqnTRt-vJyYLM8uxJaMwM1V8Sr0Zgw"',
   signature:
-    "piqchat=:nGVLPjJg9v0R3qpo6XLmzPuPgdgMNim9Vsjp9Clo2/IxqJoTayZE0NColwy4aqBwzURZ4KD7uEV2477+njxiCg==:",
+    "piqchat=:iONON9Bn76A0adEJ9SSX02Tu07V2siuA+w8GXez9vr3o4uoFQB1K5rMzew+4pW3FanAjBC162hlf77ZKb07BCQ==:",
 };
 
 async function verify(userId, base, signatureHeader) {
@@ -50,7 +50,7 @@ test("docs/AUTH.md worked example: user id, base and both headers byte for byte"
   assert.equal(id.userId, EXAMPLE.userId);
   const s = await signRequest(id, {
     method: "GET",
-    url: "https://inbox.example.org/v1/parcels?limit=20",
+    url: "https://inbox.example.org/v1/parcels?page_size=20",
     tag: EXAMPLE.tag,
     created: 1767225600,
     nonce: "oKGio6SlpqeoqaqrrK2urw",

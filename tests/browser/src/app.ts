@@ -127,7 +127,7 @@ const piq = {
       (h) => parseInt(h, 16),
     );
     const id = await identityFromSeed(seed, "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
-    return await signRequest(id, "GET", "https://inbox.example.org/v1/parcels?limit=20", new Headers(), {
+    return await signRequest(id, "GET", "https://inbox.example.org/v1/parcels?page_size=20", new Headers(), {
       tag: "PUAXw-hDiVqStwqnTRt-vJyYLM8uxJaMwM1V8Sr0Zgw",
       fixed: { created: 1767225600, nonce: "oKGio6SlpqeoqaqrrK2urw" },
     });

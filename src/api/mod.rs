@@ -97,11 +97,13 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
             ))
             .layer(cors())
             .layer(limits::IpLimitLayer::new(state.limits.clone()))
-            // Signature and nonce first: only a signed upload takes a permit;
-            // then the gate; then the body digest, which reads the body.
+            // Signature and nonce first: only a signed upload draws from the
+            // upload budget; then the gate; then the body digest, which reads the body.
             .layer(auth::AuthLayer::new(verifier))
+            // The memory of MAX_CONCURRENT_UPLOADS bodies of the largest
+            // size any route takes (a JSON body: twice the message).
             .layer(uploads::UploadGateLayer::new(
-                l.max_concurrent_uploads as usize,
+                l.max_concurrent_uploads as usize * limits.largest() * 2,
                 uploads::UploadLimits {
                     queue: std::time::Duration::from_secs(30),
                     complete: std::time::Duration::from_secs(l.upload_timeout_secs.into()),

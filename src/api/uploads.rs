@@ -1,14 +1,16 @@
 //! Bounds memory for large requests: parcel sends (up to the attachment limit
 //! each, buffered whole because browsers cannot stream over gRPC-web) and
-//! requests whose body is read to check a `Content-Digest` take a permit from
-//! a semaphore before anything reads their body, and hold it until the
-//! response is ready. More wait their turn.
+//! requests whose body is read to check a `Content-Digest` draw every body
+//! byte they receive from one budget (`MAX_CONCURRENT_UPLOADS` times the
+//! largest message) and hold it until the response is ready. A body whose
+//! next bytes find the budget spent waits for it.
 //!
-//! The gate sits behind signature verification: an unsigned or badly signed
-//! upload never holds a permit. One client address holds only a few permits
-//! at once (more wait for their own turn), and an upload slower than the
-//! minimum rate is cut, so that slow or stalled uploads cannot keep the
-//! permits from everyone else.
+//! The budget is counted in bytes received, not in uploads, so slow or
+//! stalled uploads hold only what they sent: however many there are, they
+//! cannot keep a fast upload from its turn. The gate sits behind signature
+//! verification (an unsigned upload is refused here), one client address
+//! has only a few uploads at once (more wait for their own turn), and an
+//! upload slower than the minimum rate is cut.
 
 use std::{
     collections::HashMap,
@@ -62,15 +64,17 @@ pub struct UploadLimits {
 
 #[derive(Clone)]
 pub struct UploadGateLayer {
-    permits: Arc<Semaphore>,
+    /// Body bytes that uploads in progress may hold, one permit a byte.
+    budget: Arc<Semaphore>,
     clients: Arc<Clients>,
     limits: UploadLimits,
 }
 
 impl UploadGateLayer {
-    pub fn new(max_concurrent: usize, limits: UploadLimits) -> Self {
+    /// `budget_bytes`: what bodies being received may hold in total.
+    pub fn new(budget_bytes: usize, limits: UploadLimits) -> Self {
         UploadGateLayer {
-            permits: Arc::new(Semaphore::new(max_concurrent)),
+            budget: Arc::new(Semaphore::new(budget_bytes.min(Semaphore::MAX_PERMITS))),
             clients: Arc::default(),
             limits,
         }
@@ -134,7 +138,8 @@ where
                 protocol.error_response(status, StatusCode::SERVICE_UNAVAILABLE)
             };
             let deadline = Instant::now() + limits.queue;
-            // First a turn among this client's uploads, then a permit.
+            // A turn among this client's uploads; then every byte received
+            // draws from the budget.
             let _turn = match client {
                 Some(key) => match layer.clients.turn(key, limits.per_client, deadline).await {
                     Some(turn) => Some(turn),
@@ -142,28 +147,25 @@ where
                 },
                 None => None,
             };
-            let Ok(Ok(_permit)) =
-                tokio::time::timeout_at(deadline, layer.permits.clone().acquire_owned()).await
-            else {
-                return Ok(busy());
-            };
             let cut = Arc::new(AtomicBool::new(false));
-            let req = if limits.min_rate > 0 {
-                req.map(|body| {
-                    Body::new(MinRate {
-                        inner: body,
-                        received: 0,
-                        started: Instant::now(),
-                        limits,
-                        timer: None,
-                        cut: cut.clone(),
-                    })
+            let held = Arc::new(Mutex::new(None));
+            let req = req.map(|body| {
+                Body::new(Metered {
+                    inner: body,
+                    received: 0,
+                    started: Instant::now(),
+                    limits,
+                    timer: None,
+                    cut: cut.clone(),
+                    budget: layer.budget.clone(),
+                    held: held.clone(),
+                    waiting: None,
                 })
-            } else {
-                req
-            };
+            });
             // A slow upload must not hold its permit (and memory) for ever.
             let result = tokio::time::timeout(limits.complete, inner.call(req)).await;
+            // The body's bytes go back to the budget with the answer.
+            drop(held.lock().expect("upload budget poisoned").take());
             if cut.load(Ordering::Relaxed) {
                 let status = Status::deadline_exceeded(format!(
                     "the upload was slower than {} KiB/s; send it over a faster connection or smaller",
@@ -237,18 +239,38 @@ impl Drop for Turn {
     }
 }
 
-/// A request body that fails once its average rate since the start falls
+/// A request body that draws each byte it yields from the budget (waiting
+/// when it is spent) and fails once its average rate since the start falls
 /// below the minimum, after the grace period.
-struct MinRate {
+struct Metered {
     inner: Body,
     received: u64,
     started: Instant,
     limits: UploadLimits,
     timer: Option<Pin<Box<Sleep>>>,
     cut: Arc<AtomicBool>,
+    budget: Arc<Semaphore>,
+    /// What the body holds of the budget; the gate releases it with the
+    /// answer, since the bytes stay in memory until then.
+    held: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    /// A frame that waits for its bytes of the budget.
+    waiting: Option<(Frame<Bytes>, BudgetWait)>,
 }
 
-impl MinRate {
+type BudgetWait =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+
+impl Metered {
+    fn hold(&self, permit: OwnedSemaphorePermit) {
+        let mut held = self.held.lock().expect("upload budget poisoned");
+        match held.as_mut() {
+            Some(all) => all.merge(permit),
+            None => *held = Some(permit),
+        }
+    }
+}
+
+impl Metered {
     /// When the average falls below the minimum if nothing more arrives.
     fn deadline(&self) -> Instant {
         let needed = Duration::from_secs_f64(self.received as f64 / self.limits.min_rate as f64);
@@ -256,7 +278,7 @@ impl MinRate {
     }
 }
 
-impl http_body::Body for MinRate {
+impl http_body::Body for Metered {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -265,18 +287,43 @@ impl http_body::Body for MinRate {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some((_, wait)) = &mut this.waiting {
+            // Waiting for the budget is the server's doing, not a slow client.
+            let permit = ready!(wait.as_mut().poll(cx))
+                .map_err(|_| axum::Error::new("the upload gate is closed"))?;
+            this.hold(permit);
+            let (frame, _) = this.waiting.take().expect("a waiting frame");
+            return Poll::Ready(Some(Ok(frame)));
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if let Some(Ok(frame)) = &frame
-                && let Some(data) = frame.data_ref()
-            {
-                this.received += data.len() as u64;
+            if let Some(Ok(frame)) = frame {
+                let Some(len) = frame.data_ref().map(|d| d.len()) else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
+                this.received += len as u64;
                 // A trickle is cut as well as a stall.
-                if Instant::now() > this.deadline() {
+                if this.limits.min_rate > 0 && Instant::now() > this.deadline() {
                     this.cut.store(true, Ordering::Relaxed);
                     return Poll::Ready(Some(Err(axum::Error::new("the upload is too slow"))));
                 }
+                let bytes = u32::try_from(len).unwrap_or(u32::MAX);
+                match this.budget.clone().try_acquire_many_owned(bytes) {
+                    Ok(permit) => {
+                        this.hold(permit);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Err(_) => {
+                        let wait = Box::pin(this.budget.clone().acquire_many_owned(bytes));
+                        this.waiting = Some((frame, wait));
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
             }
             return Poll::Ready(frame);
+        }
+        if this.limits.min_rate == 0 {
+            return Poll::Pending;
         }
         let deadline = this.deadline();
         let timer = this

@@ -30,6 +30,16 @@ const SEND_PARCEL: &str = "/piqchat.inbox.v1.ParcelService/SendParcel";
 /// Opens an HTTP/1.1 SendParcel that declares `len` body bytes and sends
 /// only the first few: signed by `signer` when given.
 async fn stalled_upload(addr: SocketAddr, signer: Option<&RequestSigner>, len: usize) -> TcpStream {
+    stalled_upload_from("127.0.0.1", addr, signer, len).await
+}
+
+/// The same, over a connection from `local`.
+async fn stalled_upload_from(
+    local: &str,
+    addr: SocketAddr,
+    signer: Option<&RequestSigner>,
+    len: usize,
+) -> TcpStream {
     let uri: http::Uri = format!("http://{addr}{SEND_PARCEL}").parse().unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -46,7 +56,11 @@ async fn stalled_upload(addr: SocketAddr, signer: Option<&RequestSigner>, len: u
         ));
     }
     head.push_str("\r\n");
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(local.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&[0, 0, 0x10, 0, 0]).await.unwrap();
     stream
@@ -138,6 +152,30 @@ async fn slow_uploads_from_one_address_do_not_starve_another() {
             tokio::time::timeout(Duration::from_millis(10), stream.read(&mut probe)).await;
         assert!(pending.is_err(), "a slow upload was answered already");
     }
+}
+
+#[tokio::test]
+async fn stalled_uploads_from_many_addresses_hold_no_budget() {
+    // 20 addresses, each with its full share of stalled uploads: far more
+    // uploads than MAX_CONCURRENT_UPLOADS (8), all signed, none sending.
+    let app = TestApp::spawn().await;
+    let (alice, bob) = app.pair().await;
+    let per_client = app.state.config.limits.max_concurrent_uploads_per_client;
+    let mut slow = Vec::new();
+    for host in 2..22 {
+        let local = format!("127.0.0.{host}");
+        for _ in 0..per_client {
+            let signer = RequestSigner::new(UserKey::generate(), app.server_tag.clone())
+                .with_clock(app.clock.clone());
+            slow.push(stalled_upload_from(&local, app.addr, Some(&signer), (1 << 20) + 5).await);
+        }
+    }
+    assert!(slow.len() > 8 * 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = send_from("127.0.0.1", app.addr, &alice.signer, &bob.id()).await;
+    assert_eq!(status, "0");
+    assert!(took < Duration::from_secs(1), "the send took {took:?}");
+    assert_eq!(bob.list().await.len(), 1);
 }
 
 #[tokio::test]

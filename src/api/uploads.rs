@@ -130,7 +130,13 @@ where
             });
         }
         let layer = self.layer.clone();
-        let client = req.extensions().get::<ClientIp>().map(|ip| ip.key());
+        // Turns per address are for sends, the uploads that can be large; a
+        // small call that covers its digest (a web client may cover every
+        // body) only draws its bytes from the budget, so people behind one
+        // address never queue their small calls behind each other's sends.
+        let client = send
+            .then(|| req.extensions().get::<ClientIp>().map(|ip| ip.key()))
+            .flatten();
         Box::pin(async move {
             let limits = layer.limits;
             let busy = || {

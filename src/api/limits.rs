@@ -5,10 +5,10 @@
 //! bucket per key. The buckets live in [`Limiters`] (one per server, in
 //! `AppState`) and are checked at the edge:
 //!
-//! - `ip` in [`IpLimitLayer`], before the signature check (no crypto spent
+//! - `ip` in [`LimitLayer::per_address`], before the signature check (no crypto spent
 //!   on a client over its budget);
 //! - `key_reads` / `key_writes`, `create_exchange`, `put_backup`,
-//!   `set_contacts` and `accept_exchange` in [`RpcLimitLayer`] on the tonic
+//!   `set_contacts` and `accept_exchange` in [`LimitLayer::per_rpc`] on the tonic
 //!   routes, which every protocol reaches, by the gRPC method;
 //! - `send_pair` and `recipient_bytes` in the `SendParcel` handler, the
 //!   first place the recipients are known.
@@ -693,113 +693,98 @@ fn is_read(path: &str) -> bool {
             .any(|prefix| method.starts_with(prefix))
 }
 
-/// The per-address limit, in front of the signature check.
+/// Where on the request path a [`LimitLayer`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checkpoint {
+    /// The per-address limit, in front of the signature check.
+    Address,
+    /// The per-key and per-call limits, on the tonic routes (which every
+    /// protocol reaches), after the signature check put the `Caller` in.
+    Rpc,
+}
+
+/// Refuses what a limit of its checkpoint refuses, before the inner service.
 #[derive(Clone)]
-pub struct IpLimitLayer {
+pub struct LimitLayer {
     limiters: Arc<Limiters>,
+    at: Checkpoint,
 }
 
-impl IpLimitLayer {
-    pub fn new(limiters: Arc<Limiters>) -> Self {
-        IpLimitLayer { limiters }
-    }
-}
-
-impl<S> Layer<S> for IpLimitLayer {
-    type Service = IpLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        IpLimit {
-            inner,
-            limiters: self.limiters.clone(),
+impl LimitLayer {
+    /// The per-address limit, in front of the signature check.
+    pub fn per_address(limiters: Arc<Limiters>) -> Self {
+        LimitLayer {
+            limiters,
+            at: Checkpoint::Address,
         }
     }
-}
 
-#[derive(Clone)]
-pub struct IpLimit<S> {
-    inner: S,
-    limiters: Arc<Limiters>,
-}
-
-impl<S> Service<Request<Body>> for IpLimit<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Some(ip) = req.extensions().get::<ClientIp>().copied()
-            && let Err(refusal) = self.limiters.check_ip(ip)
-        {
-            let status = refusal.into_status();
-            let response =
-                Protocol::of(&req).error_response(status, http::StatusCode::TOO_MANY_REQUESTS);
-            return Box::pin(async move { Ok(response) });
-        }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
-    }
-}
-
-/// The per-key and per-call limits, on the tonic routes (which every
-/// protocol reaches), after the signature check put the `Caller` in.
-#[derive(Clone)]
-pub struct RpcLimitLayer {
-    limiters: Arc<Limiters>,
-}
-
-impl RpcLimitLayer {
-    pub fn new(limiters: Arc<Limiters>) -> Self {
-        RpcLimitLayer { limiters }
-    }
-}
-
-impl<S> Layer<S> for RpcLimitLayer {
-    type Service = RpcLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcLimit {
-            inner,
-            limiters: self.limiters.clone(),
+    /// The per-key and per-call limits, on the tonic routes.
+    pub fn per_rpc(limiters: Arc<Limiters>) -> Self {
+        LimitLayer {
+            limiters,
+            at: Checkpoint::Rpc,
         }
     }
-}
 
-#[derive(Clone)]
-pub struct RpcLimit<S> {
-    inner: S,
-    limiters: Arc<Limiters>,
-}
-
-impl<S> Service<Request<Body>> for RpcLimit<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let caller = req.extensions().get::<Caller>().copied();
+    /// The refusal for `req`, if a limit refuses it, in the form the
+    /// checkpoint answers with.
+    fn refusal(&self, req: &Request<Body>) -> Option<Response<Body>> {
         let ip = req.extensions().get::<ClientIp>().copied();
-        if let Err(refusal) = self.limiters.check_rpc(req.uri().path(), caller, ip) {
-            // A trailers-only gRPC answer; gRPC-web and the gateway translate
-            // it like any other status from the routes.
-            let response = refusal.into_status().into_http::<Body>();
+        match self.at {
+            Checkpoint::Address => {
+                let refusal = self.limiters.check_ip(ip?).err()?;
+                Some(
+                    Protocol::of(req)
+                        .error_response(refusal.into_status(), http::StatusCode::TOO_MANY_REQUESTS),
+                )
+            }
+            Checkpoint::Rpc => {
+                let caller = req.extensions().get::<Caller>().copied();
+                let refusal = self
+                    .limiters
+                    .check_rpc(req.uri().path(), caller, ip)
+                    .err()?;
+                // A trailers-only gRPC answer; gRPC-web and the gateway
+                // translate it like any other status from the routes.
+                Some(refusal.into_status().into_http::<Body>())
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = LimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LimitService<S> {
+    inner: S,
+    layer: LimitLayer,
+}
+
+impl<S> Service<Request<Body>> for LimitService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if let Some(response) = self.layer.refusal(&req) {
             return Box::pin(async move { Ok(response) });
         }
         let clone = self.inner.clone();

@@ -96,7 +96,7 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
                 state.config.trusted_proxies.clone(),
             ))
             .layer(cors())
-            .layer(limits::IpLimitLayer::new(state.limits.clone()))
+            .layer(limits::LimitLayer::per_address(state.limits.clone()))
             // Signature and nonce first: only a signed upload draws from the
             // upload budget; then the gate; then the body digest, which reads the body.
             .layer(auth::AuthLayer::new(verifier))
@@ -238,7 +238,7 @@ fn grpc_router(
     Ok(routes
         .into_axum_router()
         .layer(framing::FramingLayer::new(limits.frame_limits()))
-        .layer(limits::RpcLimitLayer::new(state.limits.clone()))
+        .layer(limits::LimitLayer::per_rpc(state.limits.clone()))
         .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))
 }
 

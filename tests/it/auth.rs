@@ -9,7 +9,7 @@ use piqchat_inbox::{
 };
 use tonic::Code;
 
-use crate::harness::{TestApp, TestUser, now_ms};
+use crate::harness::{TestApp, TestUser, clone_request, now_ms};
 
 const GET_INFO: &str = "/piqchat.inbox.v1.InfoService/GetInfo";
 const GET_ACCOUNT: &str = "/piqchat.inbox.v1.AccountService/GetAccount";
@@ -596,16 +596,4 @@ async fn many_garbled_signatures_never_panic() {
             .status,
         200
     );
-}
-
-fn clone_request(
-    req: &http::Request<http_body_util::Full<Bytes>>,
-) -> http::Request<http_body_util::Full<Bytes>> {
-    let mut copy = http::Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .body(req.body().clone())
-        .unwrap();
-    *copy.headers_mut() = req.headers().clone();
-    copy
 }

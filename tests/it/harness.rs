@@ -392,3 +392,16 @@ pub fn browser_subscription() -> serde_json::Value {
         }
     })
 }
+
+/// An exact copy of a request (same signature headers): a replay.
+pub fn clone_request(
+    req: &http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut copy = http::Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .body(req.body().clone())
+        .unwrap();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}

@@ -15,19 +15,9 @@ use prost::Message;
 use sqlx::Connection as _;
 use tonic::Code;
 
-use crate::harness::{TestApp, token_of_link};
+use crate::harness::{TestApp, clone_request, token_of_link};
 
 const SEND_PARCEL: &str = "/piqchat.inbox.v1.ParcelService/SendParcel";
-
-fn copy(req: &http::Request<Full<Bytes>>) -> http::Request<Full<Bytes>> {
-    let mut copy = http::Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .body(req.body().clone())
-        .unwrap();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
 
 /// The grpc-status of a gRPC-web reply (trailers-only: in the headers).
 fn grpc_web_status(reply: &HttpReply) -> Option<i32> {
@@ -80,7 +70,7 @@ async fn a_replay_after_a_restart_is_refused() {
     let user = app.user();
     let client = user.http();
     let req = client.request(Method::GET, "/v1/info", HeaderMap::new(), Bytes::new());
-    let replay = copy(&req);
+    let replay = clone_request(&req);
     assert_eq!(client.send(req).await.unwrap().status, 200);
 
     let app = app.restart().await;
@@ -131,7 +121,7 @@ async fn an_acknowledged_send_replayed_after_kill_9_is_refused() {
         .unwrap();
     let alice_http = HttpClient::new(&url, Some(alice));
     let req = send_request(&alice_http, &bob.user_id().to_string());
-    let replay = copy(&req);
+    let replay = clone_request(&req);
     let reply = alice_http.send(req).await.unwrap();
     assert_eq!(grpc_web_status(&reply), Some(0), "{reply:?}");
     child.kill().unwrap();

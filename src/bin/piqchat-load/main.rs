@@ -17,6 +17,7 @@
 //! database; [`report`] prints and merges results.
 
 mod attack;
+mod ceilings;
 mod pools;
 mod probes;
 mod protocols;
@@ -94,6 +95,12 @@ pub(crate) enum Cmd {
     Coldstart(ColdstartArgs),
     /// Measure the disk's synchronous write rate: 4 KiB write + fdatasync.
     Fsync(FsyncArgs),
+    /// Serve every request with the smallest answer of its protocol (a
+    /// minimal hyper server): the ceiling the scenarios are compared with.
+    Hello(HelloArgs),
+    /// Measure Ed25519 verification per second (one core, and times the
+    /// cores): the ceiling of any signed call.
+    Verify(VerifyArgs),
     /// Merge result JSON files (from runs, coldstart, fsync) into one JSON
     /// document and a markdown table.
     Report(ReportArgs),
@@ -206,6 +213,24 @@ pub(crate) struct FsyncArgs {
     #[arg(long, default_value = ".")]
     pub(crate) dir: PathBuf,
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct HelloArgs {
+    /// Address to listen on (loopback only); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) bind: std::net::SocketAddr,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub(crate) duration: Duration,
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
@@ -326,6 +351,8 @@ pub(crate) fn main() -> anyhow::Result<()> {
         Some(Cmd::Retention(args)) => runtime(1)?.block_on(retention(args)),
         Some(Cmd::Coldstart(args)) => runtime(1)?.block_on(coldstart(args)),
         Some(Cmd::Fsync(args)) => fsync(args),
+        Some(Cmd::Hello(args)) => ceilings::hello(args),
+        Some(Cmd::Verify(args)) => ceilings::verify(args),
         Some(Cmd::Report(args)) => report::report(args),
     }
 }

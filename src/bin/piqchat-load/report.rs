@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 
 use crate::attack::{AttackResult, UNDER_ATTACK, attack_markdown, print_attack};
+use crate::ceilings::{Ceilings, HELLO_LABEL};
 use crate::scenarios::RunResult;
 use crate::{ReportArgs, write_json};
 
@@ -12,13 +13,16 @@ pub(crate) fn percent(cpu_s: f64, wall_s: f64) -> String {
 }
 
 impl RunResult {
-    /// The server's peak RSS in MiB and its CPU (percent of one core), when
-    /// its PID was given.
-    pub(crate) fn server_usage(&self) -> Option<(f64, String)> {
+    /// The server's peak RSS (MiB), cores used and CPU µs per call as
+    /// text, when its PID was given.
+    pub(crate) fn server_usage(&self) -> Option<(String, String, String)> {
         self.server.as_ref().map(|s| {
             (
-                s.peak_rss_kib as f64 / 1024.0,
-                format!("{:.0}%", 100.0 * s.cpu_s / self.duration_s),
+                format!("{:.1}", s.peak_rss_kib as f64 / 1024.0),
+                self.server_cores
+                    .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
+                self.server_cpu_us_per_call
+                    .map_or_else(|| "-".into(), |us| format!("{us:.0}")),
             )
         })
     }
@@ -38,7 +42,7 @@ impl RunResult {
 
 pub(crate) fn print_table(results: &[RunResult]) {
     println!(
-        "{:<12} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8}  errors",
+        "{:<12} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  errors",
         "scenario",
         "protocol",
         "conns",
@@ -49,19 +53,18 @@ pub(crate) fn print_table(results: &[RunResult]) {
         "max ms",
         "MiB/s",
         "peak RSS",
-        "srv CPU",
+        "srv cores",
+        "srv µs/call",
         "gen CPU",
         "other"
     );
     for r in results {
-        let (rss, cpu) = r
+        let (rss, cores, us) = r
             .server_usage()
-            .map_or(("-".into(), "-".into()), |(mib, cpu)| {
-                (format!("{mib:.1}M"), cpu)
-            });
+            .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
         let errors = r.errors_text("=", " ").unwrap_or_else(|| "-".into());
         println!(
-            "{:<12} {:<8} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>8} {:>8} {:>8}  {}",
+            "{:<12} {:<8} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>9} {:>9} {:>8} {:>8}  {}",
             r.scenario.name(),
             r.protocol.name(),
             r.concurrency,
@@ -72,7 +75,8 @@ pub(crate) fn print_table(results: &[RunResult]) {
             r.latency.max_ms,
             r.received_mib_s,
             rss,
-            cpu,
+            cores,
+            us,
             percent(r.client_cpu_s, r.duration_s),
             percent(r.other_cpu_s, r.duration_s),
             errors
@@ -111,6 +115,18 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !runs.is_empty() {
         print_table(&runs);
     }
+    let is_hello = |r: &RunResult| r.label.as_deref() == Some(HELLO_LABEL);
+    let mut ceilings = Ceilings::default();
+    for r in runs.iter().filter(|r| is_hello(r)) {
+        ceilings.hello.insert(r.protocol, r.throughput_ops_s);
+    }
+    for v in &others {
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("verify") => ceilings.verify = v["ceiling_s"].as_f64(),
+            Some("fsync") => ceilings.files = v["blob_100k_8_writers_ops_s"].as_f64(),
+            _ => {}
+        }
+    }
     let mut md = String::new();
     for v in &others {
         match v.get("kind").and_then(|k| k.as_str()) {
@@ -130,6 +146,13 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
                 v["blob_100k_ops_s"].as_f64().unwrap_or(0.0),
                 v["blob_100k_8_writers_ops_s"].as_f64().unwrap_or(0.0),
             )),
+            Some("verify") => md.push_str(&format!(
+                "- Ed25519 verification: **{:.0}/s** on one core ({:.1} µs each), {:.0}/s on {} cores.\n",
+                v["per_core_s"].as_f64().unwrap_or(0.0),
+                1e6 / v["per_core_s"].as_f64().unwrap_or(f64::INFINITY),
+                v["ceiling_s"].as_f64().unwrap_or(0.0),
+                v["cores"],
+            )),
             Some("seed") => md.push_str(&format!(
                 "- Seed: {} parcels for {} users in {:.1} s ({:.0} parcels/s), database {:.0} MiB.\n",
                 v["parcels"], v["users"],
@@ -144,18 +167,30 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
         md.push('\n');
     }
     if !runs.is_empty() {
-        md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server CPU | generator CPU | other CPU | errors |\n");
-        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server cores | server CPU µs/call | generator CPU | other CPU | ceiling ops/s | of ceiling | errors |\n");
+        md.push_str(
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        );
         for r in &runs {
-            let (rss, cpu) = r
+            let (ceiling, fraction) = match (is_hello(r), ceilings.of(r)) {
+                (true, _) | (_, None) => ("-".to_owned(), "-".to_owned()),
+                (false, Some((what, rate))) => (
+                    format!("{rate:.0} ({what})"),
+                    format!("{:.2}", r.throughput_ops_s / rate),
+                ),
+            };
+            let scenario = if is_hello(r) {
+                HELLO_LABEL
+            } else {
+                r.scenario.name()
+            };
+            let (rss, cores, us) = r
                 .server_usage()
-                .map_or(("-".into(), "-".into()), |(mib, cpu)| {
-                    (format!("{mib:.1}"), cpu)
-                });
+                .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
             let errors = r.errors_text(": ", ", ").unwrap_or_else(|| "0".into());
             md.push_str(&format!(
-                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} |\n",
-                r.scenario.name(),
+                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                scenario,
                 r.protocol.name(),
                 r.concurrency,
                 r.throughput_ops_s,
@@ -165,14 +200,17 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
                 r.latency.max_ms,
                 r.received_mib_s,
                 rss,
-                cpu,
+                cores,
+                us,
                 percent(r.client_cpu_s, r.duration_s),
                 percent(r.other_cpu_s, r.duration_s),
+                ceiling,
+                fraction,
                 errors
             ));
         }
         md.push_str(
-            "\nCPU columns: percent of one core during the timed phase; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept).\n",
+            "\nServer cores: CPU seconds per second of the timed phase; µs/call: the server's CPU time per call (an accept operation is two calls). Generator and other CPU: percent of one core; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept). Ceiling: measured in the same run — `hello` (a minimal hyper server answering each protocol's smallest reply), `verify` (Ed25519 verifications per second on every core, for signed calls), `fsync ×8` (100 KiB files stored durably per second by 8 writers, for sends); per operation, so accept's is half the per-call rate.\n",
         );
     }
     for a in &attacks {

@@ -87,6 +87,13 @@ pub(crate) struct RunResult {
     pub(crate) loadavg_end: f64,
     /// GetInfo's media_parcels_waiting at the start (the database's size).
     pub(crate) db_media_parcels_waiting: u32,
+    /// The server's CPU time per call (µs; accept counts its two calls) and
+    /// the cores it used during the timed phase, when its PID was given:
+    /// the cost of a call independent of how busy the machine was.
+    #[serde(default)]
+    pub(crate) server_cpu_us_per_call: Option<f64>,
+    #[serde(default)]
+    pub(crate) server_cores: Option<f64>,
 }
 
 #[derive(Default)]
@@ -207,6 +214,8 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
     let duration_s = args.duration.as_secs_f64();
     let mut lat = stats.latencies_us;
     lat.sort_unstable();
+    let calls = (stats.ok + errors) * u64::from(calls_per_op);
+    let server_cpu_s = cpu.server.as_ref().map(|s| s.cpu_s);
     Ok(RunResult {
         kind: "run".into(),
         scenario,
@@ -240,6 +249,10 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
         loadavg_start: cpu.loadavg_start,
         loadavg_end: cpu.loadavg_end,
         db_media_parcels_waiting,
+        server_cpu_us_per_call: server_cpu_s
+            .filter(|_| calls > 0)
+            .map(|cpu_s| cpu_s * 1e6 / calls as f64),
+        server_cores: server_cpu_s.map(|cpu_s| cpu_s / duration_s),
     })
 }
 

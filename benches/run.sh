@@ -2,7 +2,10 @@
 # Benchmark driver for piqchat-inbox.
 #
 # Builds release, then on this machine (loopback only):
-#   1. the disk's fsync rate (4 KiB write + fdatasync),
+#   1. the ceilings every result is read against: the disk's fsync rate
+#      (4 KiB write + fdatasync; 100 KiB files by 1 and 8 writers), Ed25519
+#      verifications per second, and `piqchat-load hello` (a minimal hyper
+#      server) under the info scenario over each protocol,
 #   2. cold start (spawn -> first served GetInfo; median of many runs) and
 #      idle RSS,
 #   3. every scenario with piqchat-load, each against a freshly started
@@ -13,7 +16,8 @@
 #      unless ALL_PROTOCOLS=1): legitimate lists and sends measured per phase
 #      while an attacker floods; DURATION / WARMUP are per phase and
 #      CONCURRENCY is the flood's requests in flight,
-# and writes results.json and results.md into $OUT.
+# and writes results.json and results.md into $OUT; results.md gives each
+# scenario's server CPU per call and its fraction of the ceiling that bounds it.
 #
 # Settings (environment):
 #   DURATION=10s WARMUP=2s CONCURRENCY=64   load shape
@@ -119,6 +123,28 @@ echo "== machine"
 echo "== disk fsync rate"
 "$LOAD" fsync --dir "$WORK" --json "$OUT/fsync.json"
 
+echo "== Ed25519 verification rate"
+"$LOAD" verify --json "$OUT/verify.json"
+
+echo "== hello-world ceiling (a minimal hyper server, same scenarios)"
+"$LOAD" hello >"$WORK/hello.log" 2>&1 &
+HELLO_PID=$!
+hello_addr=
+for _ in $(seq 1 100); do
+    hello_addr=$(grep -o 'addr=127\.0\.0\.1:[0-9]*' "$WORK/hello.log" | head -1 | cut -d= -f2 || true)
+    [[ -n "$hello_addr" ]] && break
+    sleep 0.05
+done
+[[ -n "$hello_addr" ]] || { cat "$WORK/hello.log" >&2; echo "hello did not start" >&2; exit 1; }
+for protocol in grpc grpc-web json; do
+    "$LOAD" run --url "http://$hello_addr" --scenario info --protocol "$protocol" \
+        --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
+        --server-pid "$HELLO_PID" --label hello-world \
+        --json "$OUT/hello-$protocol.json" || echo "!! hello-world over $protocol failed"
+done
+kill "$HELLO_PID" 2>/dev/null || true
+wait "$HELLO_PID" 2>/dev/null || true
+
 echo "== cold start and idle RSS"
 "$LOAD" coldstart --server-bin "$SERVER" --runs "$COLDSTART_RUNS" --dir "$WORK/coldstart" \
     --json "$OUT/coldstart.json"
@@ -175,7 +201,10 @@ for scenario in $SCENARIOS; do
 done
 
 echo "== report"
-files=("$OUT"/fsync.json "$OUT"/coldstart.json)
+files=("$OUT"/fsync.json "$OUT"/verify.json "$OUT"/coldstart.json)
+for f in "$OUT"/hello-*.json; do
+    [[ -f "$f" ]] && files+=("$f")
+done
 [[ -f "$OUT/seed.json" ]] && files+=("$OUT/seed.json")
 for f in "$OUT"/run-*.json; do
     [[ -f "$f" ]] && files+=("$f")

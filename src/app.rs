@@ -67,12 +67,7 @@ impl AppState {
             EndpointGuard::new(&config.push_allowed_insecure_origins)
                 .map_err(|e| anyhow::anyhow!("PUSH_ALLOWED_INSECURE_ORIGINS: {e}"))?,
         );
-        let blobs = Blobs::open(&config.attachments_path).with_context(|| {
-            format!(
-                "opening the attachments folder {}",
-                config.attachments_path.display()
-            )
-        })?;
+        let blobs = Blobs::from_config(&config)?;
         let metrics = Metrics::with_database_commits(store.commit_counter());
         let limits = api::limits::Limiters::start(&config.rate_limits, &metrics);
         let nonces =

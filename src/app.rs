@@ -161,6 +161,11 @@ impl App {
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let addr = SocketAddr::new(config.bind_address, config.port);
         let state = AppState::open(config, clock).await?;
+        // A wrong bucket, endpoint or key stops the start, not the first send.
+        state.blobs.ping().await.with_context(|| {
+            format!("reaching the attachment store, {}", state.blobs.describe())
+        })?;
+        tracing::info!(store = %state.blobs.describe(), "attachments");
         state
             .blobs
             .remove_leftover_temp_files()

@@ -300,8 +300,8 @@ async fn migrate_attachments(config: &Config, to: &str, force: bool) -> anyhow::
     println!("copying {} to {}", from.describe(), to.describe());
     let report = blobs::copy_all(&from, &to, force).await?;
     println!(
-        "copied {} attachments ({} bytes), skipped {} already there; every size checked",
-        report.copied, report.copied_bytes, report.skipped
+        "copied {} attachments ({} bytes), skipped {} already there, {} deleted meanwhile; every size checked",
+        report.copied, report.copied_bytes, report.skipped, report.vanished
     );
     println!("now set ATTACHMENT_STORE_URL={}", target.url());
     Ok(())

@@ -159,6 +159,8 @@ pub struct CopyReport {
     pub copied_bytes: u64,
     /// Already in the target with the same size.
     pub skipped: u64,
+    /// Deleted from the source while the copy ran (a live server).
+    pub vanished: u64,
 }
 
 /// Copies every attachment of `from` into `to` (`migrate-attachments`), one
@@ -186,11 +188,15 @@ pub async fn copy_all(from: &Blobs, to: &Blobs, force: bool) -> anyhow::Result<C
             report.skipped += 1;
             continue;
         }
+        let mut reader = match from.open_read(id).await {
+            Ok(reader) => reader,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                report.vanished += 1;
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {id}")),
+        };
         let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        let mut reader = from
-            .open_read(id)
-            .await
-            .with_context(|| format!("opening {id}"))?;
         reader
             .read_to_end(&mut data)
             .await
@@ -207,7 +213,8 @@ pub async fn copy_all(from: &Blobs, to: &Blobs, force: bool) -> anyhow::Result<C
         report.copied_bytes += size;
     }
     let copied = to.sizes().await.context("listing the target to verify")?;
-    for (id, size) in &source {
+    let still_there = from.sizes().await.context("listing the source again")?;
+    for (id, size) in source.iter().filter(|(id, _)| still_there.contains_key(id)) {
         match copied.get(id) {
             Some(s) if s == size => {}
             Some(s) => anyhow::bail!("{id} has {s} bytes in the target, {size} in the source"),

@@ -2,8 +2,9 @@
 //! with `PIQCHAT_TEST_S3_URL` set (see `harness::test_bucket`).
 
 use piqchat_inbox::{
+    app::App,
     blobs::{self, Blobs},
-    clock::{HOUR, SECOND},
+    clock::{Clock, HOUR, SECOND},
     config::Config,
     domain::AttachmentId,
     jobs, pb,
@@ -11,7 +12,7 @@ use piqchat_inbox::{
 use tokio::io::AsyncReadExt as _;
 use tokio_stream::StreamExt as _;
 
-use crate::harness::{TestApp, test_bucket};
+use crate::harness::{TestApp, now_ms, test_bucket};
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -144,6 +145,29 @@ async fn the_store_answers_the_readiness_ping() {
         .unwrap();
         assert!(blobs.ping().await.is_err(), "a missing bucket is not ready");
     }
+}
+
+#[tokio::test]
+async fn a_server_whose_bucket_is_missing_does_not_start() {
+    let Some(s3) = test_bucket() else {
+        eprintln!("skipped: set PIQCHAT_TEST_S3_URL to run against a bucket");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_dir(dir.path());
+    config.attachments_s3 = Some(piqchat_inbox::blobs::S3Settings {
+        bucket: "piqchat-no-such-bucket".into(),
+        ..s3
+    });
+    let Err(err) = App::build(config, Clock::manual(now_ms())).await else {
+        panic!("the server started without its bucket");
+    };
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("reaching the attachment store, bucket piqchat-no-such-bucket"),
+        "{err}"
+    );
+    assert!(err.contains("NoSuchBucket"), "{err}");
 }
 
 /// Sends three attachments on a folder-backed server; returns it and the

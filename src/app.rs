@@ -67,12 +67,7 @@ impl AppState {
             EndpointGuard::new(&config.push_allowed_insecure_origins)
                 .map_err(|e| anyhow::anyhow!("PUSH_ALLOWED_INSECURE_ORIGINS: {e}"))?,
         );
-        let blobs = Blobs::open(&config.attachments_path).with_context(|| {
-            format!(
-                "opening the attachments folder {}",
-                config.attachments_path.display()
-            )
-        })?;
+        let blobs = Blobs::from_config(&config)?;
         let metrics = Metrics::with_database_commits(store.commit_counter());
         let limits = api::limits::Limiters::start(&config.rate_limits, &metrics);
         let nonces =
@@ -166,6 +161,11 @@ impl App {
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let addr = SocketAddr::new(config.bind_address, config.port);
         let state = AppState::open(config, clock).await?;
+        // A wrong bucket, endpoint or key stops the start, not the first send.
+        state.blobs.ping().await.with_context(|| {
+            format!("reaching the attachment store, {}", state.blobs.describe())
+        })?;
+        tracing::info!(store = %state.blobs.describe(), "attachments");
         state
             .blobs
             .remove_leftover_temp_files()

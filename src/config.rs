@@ -17,8 +17,12 @@ pub struct Config {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// SQLite database file (`DATABASE_PATH`).
     pub database_path: PathBuf,
-    /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`).
+    /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`, or a
+    /// path / `file:` URL in `ATTACHMENT_STORE_URL`); unused with a bucket.
     pub attachments_path: PathBuf,
+    /// The bucket attachments go to instead (`ATTACHMENT_STORE_URL=s3://…`
+    /// and the `AWS_*` variables).
+    pub attachments_s3: Option<crate::blobs::S3Settings>,
     /// Built-in TLS: PEM certificate chain and key (`TLS_CERT_PATH`,
     /// `TLS_KEY_PATH`); both or neither.
     pub tls_cert_path: Option<PathBuf>,
@@ -191,6 +195,7 @@ impl Config {
             }
             _ => {}
         }
+        let (attachments_path, attachments_s3) = attachment_store(&env)?;
         let public_url = env
             .get("PUBLIC_URL")
             .map(|v| check_public_url(&v))
@@ -207,7 +212,8 @@ impl Config {
                 None => Some("127.0.0.1:9464".parse().expect("literal")),
             },
             database_path: env.path("DATABASE_PATH", "data/inbox.sqlite"),
-            attachments_path: env.path("PARCEL_ATTACHMENTS_UPLOAD_PATH", "data/attachments"),
+            attachments_path,
+            attachments_s3,
             public_url,
             tls_cert_path: env.get("TLS_CERT_PATH").map(PathBuf::from),
             tls_key_path: env.get("TLS_KEY_PATH").map(PathBuf::from),
@@ -363,6 +369,7 @@ impl fmt::Debug for Config {
             .field("metrics_address", &self.metrics_address)
             .field("database_path", &self.database_path)
             .field("attachments_path", &self.attachments_path)
+            .field("attachments_s3", &self.attachments_s3)
             .field("public_url", &self.public_url)
             .field("tls_cert_path", &self.tls_cert_path)
             .field("tls_key_path", &self.tls_key_path)
@@ -480,6 +487,51 @@ fn nonce_budgets(env: &Env) -> Result<NonceBudgets, ConfigError> {
         unknown: env.ranged("NONCE_BUDGET_UNKNOWN", share(1), 100, 50_000_000)? as usize,
         per_key: env.ranged("NONCE_MAX_PER_KEY", 10_000, 10, 10_000_000)?,
     })
+}
+
+/// `ATTACHMENT_STORE_URL`: unset or `file:` keeps the folder of
+/// `PARCEL_ATTACHMENTS_UPLOAD_PATH`; a path or `file:PATH` names the folder;
+/// `s3://bucket/prefix` a bucket.
+fn attachment_store(env: &Env) -> Result<(PathBuf, Option<crate::blobs::S3Settings>), ConfigError> {
+    const VAR: &str = "ATTACHMENT_STORE_URL";
+    let folder_var = env.get("PARCEL_ATTACHMENTS_UPLOAD_PATH");
+    let folder = env.path("PARCEL_ATTACHMENTS_UPLOAD_PATH", "data/attachments");
+    let Some(url) = env.get(VAR) else {
+        return Ok((folder, None));
+    };
+    if url.starts_with("s3://") {
+        let s3 = crate::blobs::S3Settings::parse(&url, &|var| env.get(var))
+            .map_err(|(var, message)| ConfigError { var, message })?;
+        return Ok((folder, Some(s3)));
+    }
+    let path = match url.strip_prefix("file:") {
+        // file:///srv/a and file:/srv/a alike; no host part.
+        Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
+        None if url.contains("://") => {
+            return Err(ConfigError {
+                var: VAR,
+                message: format!(
+                    "expected s3://bucket/optional/prefix, file:PATH or a folder path, got {url:?}"
+                ),
+            });
+        }
+        None => &url,
+    };
+    if path.is_empty() {
+        return Ok((folder, None));
+    }
+    let path = PathBuf::from(path);
+    if folder_var.is_some() && path != folder {
+        return Err(ConfigError {
+            var: VAR,
+            message: format!(
+                "names the folder {} but PARCEL_ATTACHMENTS_UPLOAD_PATH names {}; set only one",
+                path.display(),
+                folder.display()
+            ),
+        });
+    }
+    Ok((path, None))
 }
 
 /// `HH:MM` (24-hour clock) to minutes after midnight.
@@ -613,6 +665,47 @@ mod tests {
         assert!(c.trusted_proxies.contains("::1".parse().unwrap()));
         let c = config(&[("RATE_LIMITS", "off"), ("RATE_LIMIT_KEY_READS", "5/10s")]).unwrap();
         assert_eq!(c.rate_limits.get(Limit::KeyReads), None);
+    }
+
+    #[test]
+    fn attachment_store_folder_or_bucket() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.attachments_path, PathBuf::from("data/attachments"));
+        assert!(c.attachments_s3.is_none());
+        for url in ["file:", "file:///srv/att", "file:/srv/att", "/srv/att"] {
+            let c = config(&[
+                ("ATTACHMENT_STORE_URL", url),
+                ("PARCEL_ATTACHMENTS_UPLOAD_PATH", "/srv/att"),
+            ])
+            .unwrap();
+            assert_eq!(c.attachments_path, PathBuf::from("/srv/att"), "{url}");
+            assert!(c.attachments_s3.is_none());
+        }
+        let err = config(&[
+            ("ATTACHMENT_STORE_URL", "file:/srv/other"),
+            ("PARCEL_ATTACHMENTS_UPLOAD_PATH", "/srv/att"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "ATTACHMENT_STORE_URL");
+        let c = config(&[
+            ("ATTACHMENT_STORE_URL", "s3://inbox-att/prod"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        let s3 = c.attachments_s3.expect("a bucket");
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("inbox-att", "prod")
+        );
+        let err = config(&[("ATTACHMENT_STORE_URL", "gs://inbox-att")]).unwrap_err();
+        assert_eq!(err.var, "ATTACHMENT_STORE_URL");
+        assert!(err.message.contains("s3://"), "{err}");
+        let err = config(&[
+            ("ATTACHMENT_STORE_URL", "s3://inbox-att"),
+            ("AWS_ENDPOINT_URL", "ftp://x"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "AWS_ENDPOINT_URL");
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub async fn sweep_files_once(store: &Store, blobs: &Blobs, now: Millis) -> Resu
     // Listed before the rows are read: a file renamed into place after this
     // listing is not looked at, and one listed here is either referenced by
     // then or older than the grace period.
-    let files = blobs.files()?;
+    let files = blobs.files().await?;
     let known = store.attachment_ids().await?;
     for (id, modified) in files {
         if modified < cutoff && !known.contains(&id.to_string()) {
@@ -162,7 +162,7 @@ pub async fn sweep_files_once(store: &Store, blobs: &Blobs, now: Millis) -> Resu
             orphans += 1;
         }
     }
-    let temp = blobs.sweep_temp(cutoff)?;
+    let temp = blobs.sweep_stale_uploads(cutoff).await?;
     // After the removals above, which list their files too.
     orphans += remove_deleted_files_once(store, blobs).await?;
     Ok((orphans, temp))

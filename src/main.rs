@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use piqchat_inbox::{
     app::{App, AppState},
+    blobs::{self, Blobs, S3Settings},
     client::{HttpClient, RequestSigner, UserKey},
     clock::Clock,
     config::Config,
@@ -37,6 +38,20 @@ enum Command {
     },
     /// Validate the configuration and print the effective values.
     CheckConfig,
+    /// Copy the attachments folder (PARCEL_ATTACHMENTS_UPLOAD_PATH) into an
+    /// S3-compatible bucket, checking every size; the AWS_* variables say how
+    /// to reach it. Attachments already there with the same size are skipped,
+    /// so an interrupted copy can be run again (with --force). Stop the
+    /// server first, or run again after stopping it, so that no attachment
+    /// written meanwhile is left behind; then set ATTACHMENT_STORE_URL.
+    MigrateAttachments {
+        /// The target, e.g. s3://bucket/optional/prefix.
+        #[arg(long)]
+        to: String,
+        /// Copy even though the target already holds attachments.
+        #[arg(long)]
+        force: bool,
+    },
     /// Make a new user key for debugging: prints the secret key and the user id.
     Keygen,
     /// Print the Signature-Input and Signature headers for one request, one
@@ -89,6 +104,13 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig => {
             let config = Config::from_env()?;
             println!("{config:#?}");
+            println!(
+                "attachments: {}",
+                match &config.attachments_s3 {
+                    Some(s3) => s3.describe(),
+                    None => format!("folder {}", config.attachments_path.display()),
+                }
+            );
             println!("configuration is valid");
             Ok(())
         }
@@ -114,6 +136,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => healthcheck(&Config::from_env()?),
+        Command::MigrateAttachments { to, force } => {
+            runtime.block_on(migrate_attachments(&Config::from_env()?, &to, force))
+        }
     }
 }
 
@@ -239,6 +264,46 @@ async fn backup(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing the backup to {}", file.display()))?;
     state.store.close().await;
     println!("backup written to {}", file.display());
+    Ok(())
+}
+
+async fn migrate_attachments(config: &Config, to: &str, force: bool) -> anyhow::Result<()> {
+    let folder = &config.attachments_path;
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "the attachments folder {} does not exist (PARCEL_ATTACHMENTS_UPLOAD_PATH)",
+            folder.display()
+        );
+    }
+    let target = S3Settings::parse(to, &|var| {
+        std::env::var(var)
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    })
+    .map_err(|(var, message)| {
+        let var = if var == "ATTACHMENT_STORE_URL" {
+            "--to"
+        } else {
+            var
+        };
+        anyhow::anyhow!("{var}: {message}")
+    })?;
+    let from = Blobs::open(folder)?;
+    let to = Blobs::from_config(&Config {
+        attachments_s3: Some(target.clone()),
+        ..config.clone()
+    })?;
+    to.ping()
+        .await
+        .with_context(|| format!("reaching {}", target.describe()))?;
+    println!("copying {} to {}", from.describe(), to.describe());
+    let report = blobs::copy_all(&from, &to, force).await?;
+    println!(
+        "copied {} attachments ({} bytes), skipped {} already there, {} deleted meanwhile; every size checked",
+        report.copied, report.copied_bytes, report.skipped, report.vanished
+    );
+    println!("now set ATTACHMENT_STORE_URL={}", target.url());
     Ok(())
 }
 

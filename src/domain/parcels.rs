@@ -2,7 +2,7 @@
 //! deleting, delivery status.
 
 use crate::{
-    blobs::Blobs,
+    blobs::{BlobReader, Blobs},
     clock::{DAY, Millis},
     config::Limits,
     domain::{AttachmentId, Caller, ParcelId, UserId, accounts::not_registered},
@@ -153,8 +153,10 @@ pub async fn send(
     let attachment = match send.attachment.take() {
         None => None,
         Some(data) => {
-            let free = blobs.free_bytes()?;
-            if free.saturating_sub(data.len() as u64) < limits.min_free_disk_bytes {
+            // A bucket has no disk to fill (`None`).
+            if let Some(free) = blobs.free_bytes()?
+                && free.saturating_sub(data.len() as u64) < limits.min_free_disk_bytes
+            {
                 tracing::warn!(
                     free,
                     "refusing an attachment: disk space is below the configured floor"
@@ -326,13 +328,14 @@ pub async fn list(
     })
 }
 
-/// Opens the attachment of one of the caller's parcels: the file and its size.
+/// Opens the attachment of one of the caller's parcels: a stream of its
+/// bytes and its size.
 pub async fn open_attachment(
     store: &Store,
     blobs: &Blobs,
     caller: &Caller,
     parcel: &ParcelId,
-) -> Result<(tokio::fs::File, u64)> {
+) -> Result<(BlobReader, u64)> {
     let not_found = || Error::NotFound("no such parcel with an attachment".into());
     let user = store
         .user_by_key(&caller.user_id)

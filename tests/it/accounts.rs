@@ -456,7 +456,7 @@ async fn deleting_an_account_really_deletes() {
         .unwrap();
     let reply = bob.put_push_subscription(&browser_subscription()).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(app.attachment_files(), 1);
+    assert_eq!(app.attachment_files().await, 1);
 
     let reply = bob
         .http()
@@ -482,7 +482,7 @@ async fn deleting_an_account_really_deletes() {
         Code::PermissionDenied,
         "bob can no longer receive"
     );
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
 
     // Others' links keep their shape: carol is still "invited by" bob's entry,
     // and alice's view shows bob's entry without an id.

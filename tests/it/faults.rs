@@ -180,7 +180,7 @@ async fn a_full_database_refuses_writes_as_resource_exhausted_and_keeps_nothing_
 
     // A send whose rows need new pages (a large content): its attachment
     // file is written first, then the rows fail.
-    let before = app.attachment_files();
+    let before = app.attachment_files().await;
     let err = alice
         .parcels()
         .await
@@ -196,7 +196,7 @@ async fn a_full_database_refuses_writes_as_resource_exhausted_and_keeps_nothing_
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     // The attachment written before the rows failed is removed again.
-    assert_eq!(app.attachment_files(), before);
+    assert_eq!(app.attachment_files().await, before);
 
     // The same over the JSON gateway: 429 with the message, not 500.
     let reply = alice
@@ -335,6 +335,7 @@ async fn a_full_attachment_disk_refuses_sends_as_resource_exhausted() {
     };
     // No floor: the disk itself must refuse, with ENOSPC.
     let app = TestApp::spawn_with(|c| {
+        c.attachments_s3 = None;
         c.attachments_path = attachments.clone();
         c.limits.min_free_disk_bytes = 0;
     })
@@ -361,7 +362,7 @@ async fn a_full_attachment_disk_refuses_sends_as_resource_exhausted() {
         "stored {stored}, refused {refused}"
     );
     // Every stored parcel has its file; no temp file is left.
-    assert_eq!(app.attachment_files(), stored);
+    assert_eq!(app.attachment_files().await, stored);
     assert_eq!(entries(&attachments.join("tmp")), Vec::<String>::new());
     assert_eq!(bob.list().await.len(), stored);
     app.stop().await;
@@ -377,7 +378,7 @@ async fn files_of_a_deletion_interrupted_after_its_commit_are_removed_at_start()
             .await
             .unwrap();
     }
-    assert_eq!(app.attachment_files(), 3);
+    assert_eq!(app.attachment_files().await, 3);
     // The deletion commits, and the process dies before removing any file:
     // the store's part alone, then a restart.
     let entry = app.user_row(&bob).await.entry_id;
@@ -388,10 +389,10 @@ async fn files_of_a_deletion_interrupted_after_its_commit_are_removed_at_start()
         .await
         .unwrap();
     assert_eq!((parcels, orphans.len()), (3, 3));
-    assert_eq!(app.attachment_files(), 3, "the files are still there");
+    assert_eq!(app.attachment_files().await, 3, "the files are still there");
     let app = app.restart().await;
     // Fresh files (well within the orphan sweep's hour of grace) are gone.
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
 }
 
 #[tokio::test]
@@ -408,10 +409,10 @@ async fn the_sweep_removes_files_of_deleted_rows_without_the_grace_period() {
         .delete_account(entry, app.clock.now())
         .await
         .unwrap();
-    assert_eq!(app.attachment_files(), 1);
+    assert_eq!(app.attachment_files().await, 1);
     let (orphans, _) = jobs::sweep_files_once(&app.state.store, &app.state.blobs, app.clock.now())
         .await
         .unwrap();
     assert_eq!(orphans, 1);
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
 }

@@ -39,6 +39,8 @@ impl TestApp {
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::for_dir(dir.path());
+        // Before `adjust`, so a test about files on disk can set it to None.
+        config.attachments_s3 = test_bucket();
         adjust(&mut config);
         Self::start(Arc::new(dir), config, Clock::manual(now_ms())).await
     }
@@ -84,15 +86,15 @@ impl TestApp {
         &self.state.config.database_path
     }
 
-    /// Finished attachment files on disk (not temp files).
-    pub fn attachment_files(&self) -> usize {
-        std::fs::read_dir(&self.state.config.attachments_path)
-            .expect("attachments folder")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            })
-            .count()
+    /// Stored attachments (not uploads in progress), counted through the
+    /// Blobs API so the same assertions hold for a folder and a bucket.
+    pub async fn attachment_files(&self) -> usize {
+        self.state
+            .blobs
+            .files()
+            .await
+            .expect("listing the attachments")
+            .len()
     }
 
     /// A new user with a fresh key (not registered).
@@ -222,6 +224,34 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// With `PIQCHAT_TEST_S3_URL` set (an S3 endpoint and bucket, e.g.
+/// `http://127.0.0.1:55433/piqchat-test`; the bucket must exist, `.ci/services`
+/// creates it), each server gets its own random prefix in that bucket;
+/// unset, attachments stay in the test's temp folder. `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` default to `test` (any key works on moto).
+pub fn test_bucket() -> Option<piqchat_inbox::blobs::S3Settings> {
+    let url = std::env::var("PIQCHAT_TEST_S3_URL")
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    let (endpoint, bucket) = url
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .filter(|(e, _)| e.contains("://"))
+        .expect("PIQCHAT_TEST_S3_URL: expected http://host:port/bucket");
+    let prefix = format!("it-{}", uuid::Uuid::new_v4().simple());
+    let get = |var: &str| match var {
+        "AWS_ENDPOINT_URL" => Some(endpoint.to_owned()),
+        "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" => {
+            Some(std::env::var(var).unwrap_or_else(|_| "test".into()))
+        }
+        _ => std::env::var(var).ok().filter(|v| !v.is_empty()),
+    };
+    let settings =
+        piqchat_inbox::blobs::S3Settings::parse(&format!("s3://{bucket}/{prefix}"), &get)
+            .unwrap_or_else(|(var, message)| panic!("PIQCHAT_TEST_S3_URL: {var}: {message}"));
+    Some(settings)
 }
 
 /// The exchange token inside an invite link or accept URL.

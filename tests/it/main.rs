@@ -6,6 +6,7 @@ mod harness;
 
 mod accounts;
 mod auth;
+mod blobs;
 mod connections;
 mod exchanges;
 mod faults;

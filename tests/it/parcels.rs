@@ -133,7 +133,7 @@ async fn one_attachment_is_stored_once_for_many_recipients() {
         .await
         .unwrap();
     assert_eq!(sent.delivered_recipient_ids.len(), 5);
-    assert_eq!(app.attachment_files(), 1);
+    assert_eq!(app.attachment_files().await, 1);
     for (i, f) in friends.iter().enumerate() {
         let parcels = f.list().await;
         assert_eq!(parcels.len(), 1);
@@ -175,7 +175,7 @@ async fn when_nobody_accepts_nothing_is_kept() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
     assert!(carol.list().await.is_empty());
     // An unsigned send is not even considered.
     let mut anon = pb::parcel_service_client::ParcelServiceClient::new(app.channel().await);
@@ -323,7 +323,7 @@ async fn over_limit_sends_are_refused_and_store_nothing() {
 
     // Only the one good send is stored.
     assert_eq!(bob.list().await.len(), 1);
-    assert_eq!(app.attachment_files(), 1);
+    assert_eq!(app.attachment_files().await, 1);
 }
 
 #[tokio::test]
@@ -369,7 +369,7 @@ async fn per_recipient_quotas_refuse_the_whole_send() {
         "{err:?}"
     );
     assert_eq!(
-        app.attachment_files(),
+        app.attachment_files().await,
         2,
         "the refused attachment was removed"
     );
@@ -377,7 +377,12 @@ async fn per_recipient_quotas_refuse_the_whole_send() {
 
 #[tokio::test]
 async fn a_disk_space_floor_refuses_new_attachments() {
-    let app = TestApp::spawn_with(|c| c.limits.min_free_disk_bytes = u64::MAX / 4).await;
+    // The floor guards the folder's disk; a bucket has none to fill.
+    let app = TestApp::spawn_with(|c| {
+        c.attachments_s3 = None;
+        c.limits.min_free_disk_bytes = u64::MAX / 4;
+    })
+    .await;
     let (alice, bob) = app.pair().await;
     let err = alice
         .send("MEDIA", &[&bob], Some(random_bytes(1000, 9)))
@@ -385,7 +390,7 @@ async fn a_disk_space_floor_refuses_new_attachments() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("disk space"));
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
     // Parcels without attachments still go through.
     alice.send("PROFILE", &[&bob], None).await.unwrap();
 }
@@ -482,7 +487,7 @@ async fn only_the_recipient_can_list_download_and_delete() {
         .unwrap();
     assert_eq!(reply.status, 200, "{:?}", reply.json());
     assert!(bob.list().await.is_empty());
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
 }
 
 #[tokio::test]
@@ -500,7 +505,7 @@ async fn a_shared_attachment_goes_with_its_last_parcel() {
         .unwrap();
     let bob_parcel = bob.list().await[0].id.clone();
     let carol_parcel = carol.list().await[0].id.clone();
-    assert_eq!(app.attachment_files(), 1);
+    assert_eq!(app.attachment_files().await, 1);
 
     bob.parcels()
         .await
@@ -509,7 +514,11 @@ async fn a_shared_attachment_goes_with_its_last_parcel() {
         })
         .await
         .unwrap();
-    assert_eq!(app.attachment_files(), 1, "carol's parcel still needs it");
+    assert_eq!(
+        app.attachment_files().await,
+        1,
+        "carol's parcel still needs it"
+    );
     assert!(download_grpc(&carol, &carol_parcel).await.unwrap().0 == data);
     carol
         .parcels()
@@ -519,7 +528,7 @@ async fn a_shared_attachment_goes_with_its_last_parcel() {
         })
         .await
         .unwrap();
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
     let err = carol
         .parcels()
         .await
@@ -684,12 +693,9 @@ async fn an_attachment_whose_file_is_gone_is_not_found() {
         .await
         .unwrap();
     let id = bob.list().await[0].id.clone();
-    // As after restoring a database backup without the attachments folder.
-    for entry in std::fs::read_dir(&app.state.config.attachments_path).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::remove_file(path).unwrap();
-        }
+    // As after restoring a database backup without the attachments.
+    for (file, _) in app.state.blobs.files().await.unwrap() {
+        assert!(app.state.blobs.remove(&file).await.unwrap());
     }
     let err = download_grpc(&bob, &id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -741,7 +747,8 @@ async fn a_stalled_upload_gives_its_turn_back() {
 
 #[tokio::test]
 async fn half_written_attachments_are_removed_at_start() {
-    let app = TestApp::spawn().await;
+    // Temp files are the folder's; a bucket has none.
+    let app = TestApp::spawn_with(|c| c.attachments_s3 = None).await;
     let tmp = app.state.config.attachments_path.join("tmp");
     let leftover = tmp.join(piqchat_inbox::domain::AttachmentId::random().to_string());
     std::fs::write(&leftover, b"half an upload").unwrap();

@@ -34,7 +34,7 @@ async fn parcels_expire_after_90_days_with_their_attachments() {
         .unwrap();
     assert_eq!(gone, (1, 1), "the first parcel and its attachment");
     assert_eq!(bob.list().await.len(), 1);
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
 }
 
 #[tokio::test]
@@ -126,7 +126,7 @@ async fn inactive_users_are_deleted_with_everything_attached() {
             .unwrap()
             .is_none()
     );
-    assert_eq!(app.attachment_files(), 0);
+    assert_eq!(app.attachment_files().await, 0);
     // Alice, seen a day later, goes a day later.
     assert!(
         store
@@ -160,7 +160,8 @@ async fn statistics_rows_older_than_a_week_go() {
 
 #[tokio::test]
 async fn orphan_and_temp_files_are_swept_after_a_grace_period() {
-    let app = TestApp::spawn().await;
+    // Writes into the folder directly; tests/it/blobs.rs sweeps a bucket.
+    let app = TestApp::spawn_with(|c| c.attachments_s3 = None).await;
     let (alice, bob) = app.pair().await;
     alice
         .send("MEDIA", &[&bob], Some(vec![3; 100]))
@@ -183,13 +184,14 @@ async fn orphan_and_temp_files_are_swept_after_a_grace_period() {
         jobs::sweep_files_once(store, blobs, now).await.unwrap(),
         (0, 0)
     );
-    assert_eq!(app.attachment_files(), 3);
+    // Foreign names are not attachments.
+    assert_eq!(app.attachment_files().await, 2);
     let swept = jobs::sweep_files_once(store, blobs, now + HOUR + 10 * SECOND)
         .await
         .unwrap();
     assert_eq!(swept, (1, 1));
     // The referenced attachment and the foreign file stay.
-    assert_eq!(app.attachment_files(), 2);
+    assert_eq!(app.attachment_files().await, 1);
     assert!(dir.join("README").exists());
     let parcels = bob.list().await;
     assert_eq!(parcels[0].attachment_size, Some(100));

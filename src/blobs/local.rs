@@ -1,10 +1,11 @@
-//! The only code that touches attachment files or builds their paths.
+//! Attachments as files in one folder (the default backend).
 //!
 //! A file is written under `tmp/`, fsync'd, then renamed into place (and the
 //! folder fsync'd), so a file under its final name is always complete. Names
 //! come from [`AttachmentId`]s (UUIDs the server made), never from requests.
 
 use std::{
+    collections::HashMap,
     io::{self, Write as _},
     path::{Path, PathBuf},
     sync::Arc,
@@ -13,15 +14,15 @@ use std::{
 use crate::{clock::Millis, domain::AttachmentId};
 
 #[derive(Clone, Debug)]
-pub struct Blobs {
+pub struct LocalBlobs {
     dir: Arc<PathBuf>,
 }
 
-impl Blobs {
+impl LocalBlobs {
     /// Opens (creating) the folder.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir.join("tmp"))?;
-        Ok(Blobs {
+        Ok(LocalBlobs {
             dir: Arc::new(dir.to_owned()),
         })
     }
@@ -84,6 +85,21 @@ impl Blobs {
         tokio::fs::File::open(self.path(id)).await
     }
 
+    /// The folder, for messages.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder is there and is a folder (the readiness check).
+    pub async fn ping(&self) -> io::Result<()> {
+        let meta = tokio::fs::metadata(self.dir.as_path()).await?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(io::Error::other("the attachments path is not a folder"))
+        }
+    }
+
     /// Removes an attachment; a missing file is not an error. Returns whether
     /// the file was there.
     pub async fn remove(&self, id: &AttachmentId) -> io::Result<bool> {
@@ -94,9 +110,9 @@ impl Blobs {
         }
     }
 
-    /// Whether the file exists (tests and the orphan sweep use it).
-    pub async fn exists(&self, id: &AttachmentId) -> bool {
-        tokio::fs::try_exists(self.path(id)).await.unwrap_or(false)
+    /// Whether the file exists.
+    pub async fn exists(&self, id: &AttachmentId) -> io::Result<bool> {
+        tokio::fs::try_exists(self.path(id)).await
     }
 
     /// Bytes available to unprivileged users on the attachments' file system.
@@ -121,6 +137,24 @@ impl Blobs {
                 .and_then(|n| AttachmentId::parse(n).ok())
             {
                 found.push((id, modified_ms(&meta)));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The finished files with their sizes.
+    pub fn sizes(&self) -> io::Result<HashMap<AttachmentId, u64>> {
+        let mut found = HashMap::new();
+        for entry in std::fs::read_dir(self.dir.as_path())? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| AttachmentId::parse(n).ok())
+                .filter(|_| meta.is_file())
+            {
+                found.insert(id, meta.len());
             }
         }
         Ok(found)

@@ -15,8 +15,14 @@ pub struct Config {
     /// Where `/metrics` is served (`METRICS_ADDRESS`); `None` when "off".
     /// Loopback by default, so it is not public by accident.
     pub metrics_address: Option<std::net::SocketAddr>,
-    /// SQLite database file (`DATABASE_PATH`).
+    /// SQLite database file (`DATABASE_PATH`, or `DATABASE_URL=sqlite:PATH`);
+    /// used when `database_url` is `None`.
     pub database_path: PathBuf,
+    /// A PostgreSQL database instead of the SQLite file (`DATABASE_URL`
+    /// with `postgres://` or `postgresql://`).
+    pub database_url: Option<crate::store::PgTarget>,
+    /// Connections in the PostgreSQL pool (`DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
     /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`).
     pub attachments_path: PathBuf,
     /// Built-in TLS: PEM certificate chain and key (`TLS_CERT_PATH`,
@@ -191,6 +197,7 @@ impl Config {
             }
             _ => {}
         }
+        let (database_path, database_url) = database(&env)?;
         let public_url = env
             .get("PUBLIC_URL")
             .map(|v| check_public_url(&v))
@@ -206,7 +213,9 @@ impl Config {
                 })?),
                 None => Some("127.0.0.1:9464".parse().expect("literal")),
             },
-            database_path: env.path("DATABASE_PATH", "data/inbox.sqlite"),
+            database_path,
+            database_url,
+            database_max_connections: env.ranged("DATABASE_MAX_CONNECTIONS", 16, 1, 1000)?,
             attachments_path: env.path("PARCEL_ATTACHMENTS_UPLOAD_PATH", "data/attachments"),
             public_url,
             tls_cert_path: env.get("TLS_CERT_PATH").map(PathBuf::from),
@@ -338,6 +347,14 @@ impl Config {
         })
     }
 
+    /// The database this configuration selects.
+    pub fn database_target(&self) -> crate::store::DatabaseTarget {
+        match &self.database_url {
+            Some(pg) => crate::store::DatabaseTarget::Postgres(Box::new(pg.clone())),
+            None => crate::store::DatabaseTarget::Sqlite(self.database_path.clone()),
+        }
+    }
+
     /// A configuration for tests and tools: defaults, files under `dir`.
     pub fn for_dir(dir: &std::path::Path) -> Self {
         let mut config = Self::from_lookup(|_| None).expect("defaults are valid");
@@ -361,7 +378,8 @@ impl fmt::Debug for Config {
             .field("bind_address", &self.bind_address)
             .field("port", &self.port)
             .field("metrics_address", &self.metrics_address)
-            .field("database_path", &self.database_path)
+            .field("database", &self.database_target())
+            .field("database_max_connections", &self.database_max_connections)
             .field("attachments_path", &self.attachments_path)
             .field("public_url", &self.public_url)
             .field("tls_cert_path", &self.tls_cert_path)
@@ -391,6 +409,38 @@ impl fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .finish()
     }
+}
+
+/// `DATABASE_URL` (a PostgreSQL URL, or `sqlite:PATH`) and `DATABASE_PATH`:
+/// the SQLite path and, when PostgreSQL is selected, its target.
+fn database(env: &Env<'_>) -> Result<(PathBuf, Option<crate::store::PgTarget>), ConfigError> {
+    let path = env.path("DATABASE_PATH", "data/inbox.sqlite");
+    let Some(url) = env.get("DATABASE_URL") else {
+        return Ok((path, None));
+    };
+    let error = |message: String| ConfigError {
+        var: "DATABASE_URL",
+        message,
+    };
+    if let Some(file) = url.strip_prefix("sqlite:") {
+        let file = file.strip_prefix("//").unwrap_or(file);
+        if file.is_empty() {
+            return Err(error(
+                "sqlite: needs a file path, e.g. sqlite:data/inbox.sqlite".into(),
+            ));
+        }
+        return Ok((PathBuf::from(file), None));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let target = crate::store::PgTarget::parse(&url).map_err(error)?;
+        return Ok((path, Some(target)));
+    }
+    // Never echo the value: it may hold a password.
+    Err(error(
+        "expected postgres://USER@HOST:PORT/DATABASE (or postgresql://), or sqlite:PATH; \
+         leave unset for the SQLite file at DATABASE_PATH"
+            .into(),
+    ))
 }
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);

@@ -31,6 +31,7 @@ enum Command {
     Invite,
     /// Write a consistent copy of the database to FILE while the server may
     /// be running and taking writes. Attachment files are not included.
+    /// SQLite only: on PostgreSQL use pg_dump.
     Backup {
         /// The file to create; it must not exist yet.
         file: std::path::PathBuf,
@@ -89,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig => {
             let config = Config::from_env()?;
             println!("{config:#?}");
+            println!("database backend: {:?}", config.database_target());
             println!("configuration is valid");
             Ok(())
         }
@@ -228,6 +230,10 @@ async fn invite(config: Config) -> anyhow::Result<()> {
 }
 
 async fn backup(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
+    if config.database_url.is_some() {
+        // Nothing to open: the server's backup copies a SQLite file.
+        anyhow::bail!("{}", piqchat_inbox::store::PG_BACKUP);
+    }
     if file.exists() {
         anyhow::bail!("{} exists already; choose a new file name", file.display());
     }

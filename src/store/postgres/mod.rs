@@ -68,7 +68,9 @@ impl PgTarget {
         self.options.get_database().unwrap_or("")
     }
 
-    pub(crate) fn options(&self) -> PgConnectOptions {
+    /// The options to connect with (tests and tools connect beside the
+    /// server, e.g. to create a database).
+    pub fn connect_options(&self) -> PgConnectOptions {
         self.options.clone()
     }
 }
@@ -106,13 +108,13 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(target.options())
+            .connect_with(target.connect_options())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PgStore {
             pool,
             commits: Counter::default(),
-            leader: leader::Leader::start(target.options()),
+            leader: leader::Leader::start(target.connect_options()),
         })
     }
 

@@ -897,15 +897,12 @@ impl PgStore {
         Ok(next)
     }
 
-    /// Estimated from the planner's statistics: an exact count would scan
-    /// the table on every metrics refresh.
+    /// An exact count: the outbox holds only pushes not yet delivered, a
+    /// queue that stays short (unlike the tables behind `statistics`).
     pub async fn outbox_depth(&self) -> Result<u64> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT GREATEST(reltuples, 0)::BIGINT FROM pg_class \
-             WHERE oid = 'push_outbox'::regclass",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM push_outbox")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n.max(0) as u64)
     }
 

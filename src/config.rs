@@ -612,6 +612,35 @@ mod tests {
     }
 
     #[test]
+    fn database_url_selects_the_backend_and_never_shows_the_password() {
+        let c = config(&[]).unwrap();
+        assert!(c.database_url.is_none());
+        assert_eq!(c.database_path, PathBuf::from("data/inbox.sqlite"));
+        let c = config(&[("DATABASE_URL", "sqlite:/srv/inbox.sqlite")]).unwrap();
+        assert!(c.database_url.is_none());
+        assert_eq!(c.database_path, PathBuf::from("/srv/inbox.sqlite"));
+        for scheme in ["postgres", "postgresql"] {
+            let url =
+                format!("{scheme}://inbox:hunter2secret@db.internal:6543/piq?sslmode=require");
+            let c = config(&[("DATABASE_URL", &url), ("DATABASE_MAX_CONNECTIONS", "4")]).unwrap();
+            assert_eq!(c.database_max_connections, 4);
+            let shown = format!("{c:?}");
+            assert!(
+                shown.contains("postgres://inbox@db.internal:6543/piq (sslmode=require)"),
+                "{shown}"
+            );
+            assert!(!shown.contains("hunter2secret"), "{shown}");
+        }
+        for bad in ["mysql://u:pw@h/d", "sqlite:", "postgres://u@h:notaport/d"] {
+            let e = config(&[("DATABASE_URL", bad)]).unwrap_err();
+            assert_eq!(e.var, "DATABASE_URL");
+            assert!(!e.message.contains("pw@"), "{}", e.message);
+        }
+        let e = config(&[("DATABASE_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_MAX_CONNECTIONS");
+    }
+
+    #[test]
     fn malformed_values_name_the_variable() {
         for (var, value) in [
             ("PORT", "eighty"),

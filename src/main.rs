@@ -36,6 +36,17 @@ enum Command {
         /// The file to create; it must not exist yet.
         file: std::path::PathBuf,
     },
+    /// Copy the SQLite database (DATABASE_PATH) into an empty PostgreSQL
+    /// database, verifying row counts. Stop the server first. Safe to re-run:
+    /// a target that holds data is refused unless --force replaces it.
+    Migrate {
+        /// The PostgreSQL database, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+        #[arg(long, hide_env_values = true, env = "MIGRATE_TO_DATABASE_URL")]
+        to: String,
+        /// Empty a target that holds data and copy again.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate the configuration and print the effective values.
     CheckConfig,
     /// Make a new user key for debugging: prints the secret key and the user id.
@@ -87,6 +98,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve => runtime.block_on(serve(Config::from_env()?)),
         Command::Invite => runtime.block_on(invite(Config::from_env()?)),
         Command::Backup { file } => runtime.block_on(backup(Config::from_env()?, &file)),
+        Command::Migrate { to, force } => {
+            runtime.block_on(migrate(Config::from_env()?, &to, force))
+        }
         Command::CheckConfig => {
             let config = Config::from_env()?;
             println!("{config:#?}");
@@ -245,6 +259,25 @@ async fn backup(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing the backup to {}", file.display()))?;
     state.store.close().await;
     println!("backup written to {}", file.display());
+    Ok(())
+}
+
+async fn migrate(config: Config, to: &str, force: bool) -> anyhow::Result<()> {
+    if config.database_url.is_some() {
+        anyhow::bail!(
+            "migrate copies the SQLite database at DATABASE_PATH; unset DATABASE_URL for it"
+        );
+    }
+    let target =
+        piqchat_inbox::store::PgTarget::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let counts =
+        piqchat_inbox::store::copy_sqlite_to_postgres(&config.database_path, &target, force)
+            .await
+            .with_context(|| format!("copying {} to {target:?}", config.database_path.display()))?;
+    for c in &counts {
+        println!("{:<20} {:>10} rows", c.table, c.target);
+    }
+    println!("copied to {target:?}; every table's row count matches");
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! object or generics over `sqlx::Database`: each arm keeps its own types
 //! and SQL, and a reader sees every backend at each call.
 
+mod migrate;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -20,6 +21,7 @@ use std::{fmt, path::Path, time::Duration};
 
 use futures_util::future::BoxFuture;
 
+pub use migrate::{TableCount, copy_sqlite_to_postgres};
 pub use postgres::{PgStore, PgTarget};
 pub use rows::*;
 pub use sqlite::{SqliteStore, backup_temp_name, remove_backup_temp};

@@ -286,3 +286,57 @@ async fn a_first_start_of_two_instances_makes_one_invite_and_one_set_of_keys() {
     assert_eq!(a.state.store.statistics(now).await.unwrap().users_total, 1);
     assert_eq!(b.state.store.statistics(now).await.unwrap().users_total, 1);
 }
+
+#[tokio::test]
+async fn migrate_copies_a_sqlite_server_into_postgres_and_refuses_a_full_target() {
+    if no_postgres() {
+        return;
+    }
+    // A SQLite server with a bit of everything; its test database on the
+    // PostgreSQL server stays empty and is the target.
+    let sqlite = TestApp::spawn_with(|c| c.database_url = None).await;
+    let target = crate::harness::TestDatabase::create().await.unwrap();
+    let (alice, bob) = sqlite.pair().await;
+    alice
+        .send("MEDIA", &[&bob], Some(b"image".to_vec()))
+        .await
+        .unwrap();
+    alice.send("TEXT", &[&bob], None).await.unwrap();
+    alice.create_invite("card").await;
+    let before = sqlite.get_info().await;
+    let path = sqlite.db_path().to_owned();
+    let _files = sqlite.dir.clone();
+    sqlite.stop().await;
+
+    let counts = piqchat_inbox::store::copy_sqlite_to_postgres(&path, &target.target, false)
+        .await
+        .unwrap();
+    let rows = |table: &str| counts.iter().find(|c| c.table == table).unwrap().target;
+    assert_eq!(rows("parcels"), 2);
+    assert_eq!(rows("attachments"), 1);
+    assert!(rows("users") >= 2 && rows("server_config") >= 2 && rows("nonces") > 0);
+    // A second run finds data and refuses; with force it copies again.
+    let refused = piqchat_inbox::store::copy_sqlite_to_postgres(&path, &target.target, false)
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("--force"), "{refused:#}");
+    let again = piqchat_inbox::store::copy_sqlite_to_postgres(&path, &target.target, true)
+        .await
+        .unwrap();
+    assert_eq!(again, counts);
+
+    // A PostgreSQL server on the copy: same keys, same parcels, the counters
+    // right, and new rows continue after the copied ones.
+    let pg = TestApp::spawn_with(|c| c.database_url = Some(target.target.clone())).await;
+    let after = pg.get_info().await;
+    assert_eq!(after.server_public_key, before.server_public_key);
+    let bob = TestUser::new(&pg, bob.key.clone());
+    let alice = TestUser::new(&pg, alice.key.clone());
+    assert_eq!(bob.list().await.len(), 2);
+    alice.send("MEDIA", &[&bob], None).await.unwrap();
+    assert_eq!(bob.list().await.len(), 3);
+    let stats = pg.state.store.statistics(pg.clock.now()).await.unwrap();
+    assert_eq!((stats.users_total, stats.media_parcels_waiting), (2, 2));
+    pg.stop().await;
+    drop(target);
+}

@@ -107,6 +107,11 @@ impl SqliteStore {
             .await
     }
 
+    /// A read connection, for copying the database elsewhere (`migrate`).
+    pub(in crate::store) async fn reader(&self) -> crate::error::Result<readers::ReadConn<'_>> {
+        self.readers.get().await
+    }
+
     /// A read on one of the read connections.
     pub async fn ping(&self) -> crate::error::Result<()> {
         sqlx::query("SELECT 1")

@@ -340,3 +340,69 @@ async fn migrate_copies_a_sqlite_server_into_postgres_and_refuses_a_full_target(
     pg.stop().await;
     drop(target);
 }
+
+#[tokio::test]
+async fn a_claimed_push_is_not_claimed_again_until_its_lease_runs_out() {
+    use piqchat_inbox::{
+        clock::MINUTE,
+        domain::ParcelId,
+        store::{NewParcel, NewParcels, NewPush, PushSubscriptionRow},
+    };
+    if no_postgres() {
+        return;
+    }
+    // No push configured: no worker runs, the test claims by hand.
+    let a = TestApp::spawn().await;
+    let b = a.another_instance().await;
+    let (alice, bob) = a.pair().await;
+    let bob_row = a.user_row(&bob).await;
+    let now = a.clock.now();
+    let (sa, sb) = (&a.state.store, &b.state.store);
+    let sub = PushSubscriptionRow {
+        endpoint: "https://push.example.org/bob".into(),
+        p256dh: vec![4; 65],
+        auth: vec![1; 16],
+        content_encoding: "aes128gcm".into(),
+        expires_at: None,
+    };
+    sa.put_push_subscription(bob_row.entry_id, &sub, now)
+        .await
+        .unwrap();
+    sa.insert_parcels(NewParcels {
+        sender: alice.key.user_id(),
+        kind: "MEDIA".into(),
+        attachment: None,
+        parcels: vec![NewParcel {
+            id: ParcelId::random(),
+            recipient: bob_row.entry_id,
+            content: "c".into(),
+        }],
+        now,
+        max_waiting_parcels: 100,
+        max_waiting_attachment_bytes: 1 << 20,
+        push: Some(NewPush {
+            payload: "p".into(),
+            ttl: 60 * MINUTE,
+        }),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    let claimed = sa.due_pushes(now, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        sb.due_pushes(now, 10).await.unwrap().is_empty(),
+        "claimed twice"
+    );
+    // The claimer "crashed": after the lease (10 min) another worker takes it.
+    let later = now + 11 * MINUTE;
+    let taken = sb.due_pushes(later, 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [claimed[0].id]
+    );
+    // A released claim is due again at once.
+    sb.release_pushes(&[taken[0].id]).await.unwrap();
+    assert_eq!(sa.due_pushes(later, 10).await.unwrap().len(), 1);
+}

@@ -57,9 +57,10 @@ impl AppState {
     /// Opens the database (creating and migrating it) and loads or creates
     /// the server's keys. Used by `serve` and by operator commands alike.
     pub async fn open(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        let store = Store::open(&config.database_path)
+        let target = config.database_target();
+        let store = Store::connect(&target, config.database_max_connections)
             .await
-            .with_context(|| format!("opening database {}", config.database_path.display()))?;
+            .with_context(|| format!("opening database {target:?}"))?;
         let identity = ServerIdentity::load_or_create(&store)
             .await
             .context("loading the server keys")?;

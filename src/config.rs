@@ -15,8 +15,14 @@ pub struct Config {
     /// Where `/metrics` is served (`METRICS_ADDRESS`); `None` when "off".
     /// Loopback by default, so it is not public by accident.
     pub metrics_address: Option<std::net::SocketAddr>,
-    /// SQLite database file (`DATABASE_PATH`).
+    /// SQLite database file (`DATABASE_PATH`, or `DATABASE_URL=sqlite:PATH`);
+    /// used when `database_url` is `None`.
     pub database_path: PathBuf,
+    /// A PostgreSQL database instead of the SQLite file (`DATABASE_URL`
+    /// with `postgres://` or `postgresql://`).
+    pub database_url: Option<crate::store::PgTarget>,
+    /// Connections in the PostgreSQL pool (`DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
     /// Folder for attachment files (`PARCEL_ATTACHMENTS_UPLOAD_PATH`, or a
     /// path / `file:` URL in `ATTACHMENT_STORE_URL`); unused with a bucket.
     pub attachments_path: PathBuf,
@@ -195,6 +201,7 @@ impl Config {
             }
             _ => {}
         }
+        let (database_path, database_url) = database(&env)?;
         let (attachments_path, attachments_s3) = attachment_store(&env)?;
         let public_url = env
             .get("PUBLIC_URL")
@@ -211,7 +218,9 @@ impl Config {
                 })?),
                 None => Some("127.0.0.1:9464".parse().expect("literal")),
             },
-            database_path: env.path("DATABASE_PATH", "data/inbox.sqlite"),
+            database_path,
+            database_url,
+            database_max_connections: env.ranged("DATABASE_MAX_CONNECTIONS", 16, 1, 1000)?,
             attachments_path,
             attachments_s3,
             public_url,
@@ -344,6 +353,14 @@ impl Config {
         })
     }
 
+    /// The database this configuration selects.
+    pub fn database_target(&self) -> crate::store::DatabaseTarget {
+        match &self.database_url {
+            Some(pg) => crate::store::DatabaseTarget::Postgres(Box::new(pg.clone())),
+            None => crate::store::DatabaseTarget::Sqlite(self.database_path.clone()),
+        }
+    }
+
     /// A configuration for tests and tools: defaults, files under `dir`.
     pub fn for_dir(dir: &std::path::Path) -> Self {
         let mut config = Self::from_lookup(|_| None).expect("defaults are valid");
@@ -367,7 +384,8 @@ impl fmt::Debug for Config {
             .field("bind_address", &self.bind_address)
             .field("port", &self.port)
             .field("metrics_address", &self.metrics_address)
-            .field("database_path", &self.database_path)
+            .field("database", &self.database_target())
+            .field("database_max_connections", &self.database_max_connections)
             .field("attachments_path", &self.attachments_path)
             .field("attachments_s3", &self.attachments_s3)
             .field("public_url", &self.public_url)
@@ -398,6 +416,38 @@ impl fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .finish()
     }
+}
+
+/// `DATABASE_URL` (a PostgreSQL URL, or `sqlite:PATH`) and `DATABASE_PATH`:
+/// the SQLite path and, when PostgreSQL is selected, its target.
+fn database(env: &Env<'_>) -> Result<(PathBuf, Option<crate::store::PgTarget>), ConfigError> {
+    let path = env.path("DATABASE_PATH", "data/inbox.sqlite");
+    let Some(url) = env.get("DATABASE_URL") else {
+        return Ok((path, None));
+    };
+    let error = |message: String| ConfigError {
+        var: "DATABASE_URL",
+        message,
+    };
+    if let Some(file) = url.strip_prefix("sqlite:") {
+        let file = file.strip_prefix("//").unwrap_or(file);
+        if file.is_empty() {
+            return Err(error(
+                "sqlite: needs a file path, e.g. sqlite:data/inbox.sqlite".into(),
+            ));
+        }
+        return Ok((PathBuf::from(file), None));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let target = crate::store::PgTarget::parse(&url).map_err(error)?;
+        return Ok((path, Some(target)));
+    }
+    // Never echo the value: it may hold a password.
+    Err(error(
+        "expected postgres://USER@HOST:PORT/DATABASE (or postgresql://), or sqlite:PATH; \
+         leave unset for the SQLite file at DATABASE_PATH"
+            .into(),
+    ))
 }
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -611,6 +661,35 @@ mod tests {
         assert_eq!(c.limits.max_attachment_bytes, 20 << 20);
         assert_eq!(c.exchange_ttl_minutes, 60);
         assert!(c.push_vapid_contact.is_none());
+    }
+
+    #[test]
+    fn database_url_selects_the_backend_and_never_shows_the_password() {
+        let c = config(&[]).unwrap();
+        assert!(c.database_url.is_none());
+        assert_eq!(c.database_path, PathBuf::from("data/inbox.sqlite"));
+        let c = config(&[("DATABASE_URL", "sqlite:/srv/inbox.sqlite")]).unwrap();
+        assert!(c.database_url.is_none());
+        assert_eq!(c.database_path, PathBuf::from("/srv/inbox.sqlite"));
+        for scheme in ["postgres", "postgresql"] {
+            let url =
+                format!("{scheme}://inbox:hunter2secret@db.internal:6543/piq?sslmode=require");
+            let c = config(&[("DATABASE_URL", &url), ("DATABASE_MAX_CONNECTIONS", "4")]).unwrap();
+            assert_eq!(c.database_max_connections, 4);
+            let shown = format!("{c:?}");
+            assert!(
+                shown.contains("postgres://inbox@db.internal:6543/piq (sslmode=require)"),
+                "{shown}"
+            );
+            assert!(!shown.contains("hunter2secret"), "{shown}");
+        }
+        for bad in ["mysql://u:pw@h/d", "sqlite:", "postgres://u@h:notaport/d"] {
+            let e = config(&[("DATABASE_URL", bad)]).unwrap_err();
+            assert_eq!(e.var, "DATABASE_URL");
+            assert!(!e.message.contains("pw@"), "{}", e.message);
+        }
+        let e = config(&[("DATABASE_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_MAX_CONNECTIONS");
     }
 
     #[test]

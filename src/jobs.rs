@@ -280,7 +280,51 @@ fn partial_backup(name: &str) -> Option<&str> {
         .then_some(finished)
 }
 
-/// Runs retention (and scheduled backups) until `shutdown` turns true.
+/// One scheduled round: retention, then the backup when configured; only
+/// on the instance that leads (`Store::leadership`: always on SQLite, one
+/// instance at a time on PostgreSQL). Returns whether this instance led.
+pub async fn scheduled_round(state: &AppState, now: Millis) -> bool {
+    if !state.store.leadership().is_leader() {
+        tracing::debug!("another instance runs retention and backups");
+        return false;
+    }
+    if let Err(e) = run_once(state, now).await {
+        tracing::error!(error = %e, "retention run failed");
+    }
+    if let Some(dir) = &state.config.retention.backup_path {
+        match scheduled_backup_once(
+            &state.store,
+            dir,
+            state.config.retention.backup_keep_days,
+            now,
+        )
+        .await
+        {
+            Ok(path) => tracing::info!(file = %path.display(), "database backup written"),
+            Err(e) if is_sqlite_only(&e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "scheduled backups are skipped: {e:#} (BACKUP_PATH applies to SQLite only)"
+                    );
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "database backup failed"),
+        }
+    }
+    true
+}
+
+/// The backup refused because the database is not a SQLite file.
+fn is_sqlite_only(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::error::Error>(),
+        Some(crate::error::Error::FailedPrecondition(_))
+    )
+}
+
+/// Runs [`scheduled_round`] shortly after start and then at the configured
+/// times until `shutdown` turns true.
 pub async fn scheduler(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let r = state.config.retention.clone();
     let mut wait = FIRST_RUN_DELAY;
@@ -289,16 +333,7 @@ pub async fn scheduler(state: AppState, mut shutdown: watch::Receiver<bool>) {
             () = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        let now = state.clock.now();
-        if let Err(e) = run_once(&state, now).await {
-            tracing::error!(error = %e, "retention run failed");
-        }
-        if let Some(dir) = &r.backup_path {
-            match scheduled_backup_once(&state.store, dir, r.backup_keep_days, now).await {
-                Ok(path) => tracing::info!(file = %path.display(), "database backup written"),
-                Err(e) => tracing::error!(error = %e, "database backup failed"),
-            }
-        }
+        scheduled_round(&state, state.clock.now()).await;
         let next = next_run_in(state.clock.now(), r.run_at_minute, r.interval_minutes);
         wait = Duration::from_millis(next.max(SECOND) as u64);
     }

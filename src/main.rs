@@ -32,9 +32,21 @@ enum Command {
     Invite,
     /// Write a consistent copy of the database to FILE while the server may
     /// be running and taking writes. Attachment files are not included.
+    /// SQLite only: on PostgreSQL use pg_dump.
     Backup {
         /// The file to create; it must not exist yet.
         file: std::path::PathBuf,
+    },
+    /// Copy the SQLite database (DATABASE_PATH) into an empty PostgreSQL
+    /// database, verifying row counts. Stop the server first. Safe to re-run:
+    /// a target that holds data is refused unless --force replaces it.
+    Migrate {
+        /// The PostgreSQL database, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+        #[arg(long, hide_env_values = true, env = "MIGRATE_TO_DATABASE_URL")]
+        to: String,
+        /// Empty a target that holds data and copy again.
+        #[arg(long)]
+        force: bool,
     },
     /// Validate the configuration and print the effective values.
     CheckConfig,
@@ -101,6 +113,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve => runtime.block_on(serve(Config::from_env()?)),
         Command::Invite => runtime.block_on(invite(Config::from_env()?)),
         Command::Backup { file } => runtime.block_on(backup(Config::from_env()?, &file)),
+        Command::Migrate { to, force } => {
+            runtime.block_on(migrate(Config::from_env()?, &to, force))
+        }
         Command::CheckConfig => {
             let config = Config::from_env()?;
             println!("{config:#?}");
@@ -111,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                     None => format!("folder {}", config.attachments_path.display()),
                 }
             );
+            println!("database backend: {:?}", config.database_target());
             println!("configuration is valid");
             Ok(())
         }
@@ -253,6 +269,10 @@ async fn invite(config: Config) -> anyhow::Result<()> {
 }
 
 async fn backup(config: Config, file: &std::path::Path) -> anyhow::Result<()> {
+    if config.database_url.is_some() {
+        // Nothing to open: the server's backup copies a SQLite file.
+        anyhow::bail!("{}", piqchat_inbox::store::PG_BACKUP);
+    }
     if file.exists() {
         anyhow::bail!("{} exists already; choose a new file name", file.display());
     }
@@ -304,6 +324,25 @@ async fn migrate_attachments(config: &Config, to: &str, force: bool) -> anyhow::
         report.copied, report.copied_bytes, report.skipped, report.vanished
     );
     println!("now set ATTACHMENT_STORE_URL={}", target.url());
+    Ok(())
+}
+
+async fn migrate(config: Config, to: &str, force: bool) -> anyhow::Result<()> {
+    if config.database_url.is_some() {
+        anyhow::bail!(
+            "migrate copies the SQLite database at DATABASE_PATH; unset DATABASE_URL for it"
+        );
+    }
+    let target =
+        piqchat_inbox::store::PgTarget::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let counts =
+        piqchat_inbox::store::copy_sqlite_to_postgres(&config.database_path, &target, force)
+            .await
+            .with_context(|| format!("copying {} to {target:?}", config.database_path.display()))?;
+    for c in &counts {
+        println!("{:<20} {:>10} rows", c.table, c.target);
+    }
+    println!("copied to {target:?}; every table's row count matches");
     Ok(())
 }
 

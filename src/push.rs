@@ -253,13 +253,17 @@ impl Pusher {
         }
         let now = self.clock.now();
         let limit = BATCH + flights.ids.len() as i64;
+        // Claimed for this worker (on a shared database); what gets no slot
+        // now is released for the next round or another worker.
+        let mut unstarted = Vec::new();
         for push in self.store.due_pushes(now, limit).await? {
-            if flights.full() {
-                break;
-            }
             let host = endpoint_host(&push.subscription.endpoint);
             let lane = Lane::of(&push);
-            if flights.ids.contains(&push.id) || !flights.has_room(lane, &host) {
+            if flights.ids.contains(&push.id) {
+                continue;
+            }
+            if flights.full() || !flights.has_room(lane, &host) {
+                unstarted.push(push.id);
                 continue;
             }
             let pusher = self.clone();
@@ -269,7 +273,7 @@ impl Pusher {
                 (push, outcome, now)
             });
         }
-        Ok(())
+        self.store.release_pushes(&unstarted).await
     }
 
     async fn finish(&self, done: Result<Done, tokio::task::JoinError>) {

@@ -66,7 +66,7 @@ pub fn service(state: &AppState) -> anyhow::Result<HttpService> {
 
     let gateway = gateway::Gateway::new(&pool, grpc.clone(), limits.gateway_limits())?;
     let openapi = openapi::document(gateway.routes(), &pool, env!("CARGO_PKG_VERSION"));
-    let http = pages::router(&openapi).fallback_service(gateway);
+    let http = pages::router(&openapi, state).fallback_service(gateway);
 
     let dispatch = tower::service_fn(move |mut req: Request<Body>| {
         let protocol = Protocol::of(&req);

@@ -428,7 +428,8 @@ fn success_response(route: &Route, comments: &Comments, schemas: &mut Schemas<'_
     }
 }
 
-/// `/`, `/healthz` and this document: served beside the gateway, unsigned.
+/// `/`, `/healthz`, `/readyz` and this document: served beside the gateway,
+/// unsigned.
 fn pages() -> Vec<(&'static str, Map<String, Value>)> {
     let page = |id: &str, summary: &str, description: &str, media: &str, schema: Value| {
         let mut item = Map::new();
@@ -470,6 +471,18 @@ fn pages() -> Vec<(&'static str, Map<String, Value>)> {
                  health checks. Over gRPC, `grpc.health.v1.Health` says the same.",
                 "text/plain",
                 json!({ "type": "string", "const": "ok\n" }),
+            ),
+        ),
+        (
+            "/readyz",
+            page(
+                "readyz",
+                "Readiness check",
+                "Answers `ready` when this instance reaches its database and attachment store, \
+                 and 503 naming the one it cannot reach otherwise: what a load balancer in front \
+                 of several instances should route by. Probed at most once a second.",
+                "text/plain",
+                json!({ "type": "string" }),
             ),
         ),
         (
@@ -943,10 +956,10 @@ mod tests {
             .sum();
         assert_eq!(
             total,
-            operations + 3,
-            "gateway routes plus /, /healthz, /openapi.json"
+            operations + 4,
+            "gateway routes plus /, /healthz, /readyz, /openapi.json"
         );
-        for page in ["/", "/healthz", PATH] {
+        for page in ["/", "/healthz", "/readyz", PATH] {
             assert!(doc["paths"][page]["get"].is_object(), "{page}");
         }
         assert_eq!(

@@ -1,13 +1,34 @@
-//! Plain HTTP pages beside the API: the landing page and the health check.
+//! Plain HTTP pages beside the API: the landing page, the health check and
+//! the readiness check.
 
-use axum::{Router, http::header, response::IntoResponse, routing::get};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-pub fn router(openapi: &serde_json::Value) -> Router {
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+
+use crate::app::AppState;
+
+pub fn router(openapi: &serde_json::Value, state: &AppState) -> Router {
     let openapi = axum::body::Bytes::from(openapi.to_string());
     let json = [(header::CONTENT_TYPE, "application/json")];
+    let readiness = Arc::new(Readiness::new(state.clone()));
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move { readiness.answer().await }
+            }),
+        )
         .route(
             super::openapi::PATH,
             get(move || std::future::ready((json, openapi.clone()))),
@@ -36,4 +57,67 @@ async fn healthz() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "ok\n",
     )
+}
+
+/// How long one probe's answer is served: anyone may call `/readyz`, and
+/// each probe costs a database round trip and a request to the bucket.
+const READY_TTL: Duration = Duration::from_secs(1);
+
+/// Whether this instance can reach its database and attachment store, for a
+/// load balancer deciding where to send requests. One probe runs at a time;
+/// callers meanwhile get the last answer.
+struct Readiness {
+    state: AppState,
+    last: Mutex<Option<(Instant, Option<&'static str>)>>,
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl Readiness {
+    fn new(state: AppState) -> Self {
+        Readiness {
+            state,
+            last: Mutex::new(None),
+            probing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self) -> Option<Option<&'static str>> {
+        let last = *self.last.lock().expect("readiness poisoned");
+        last.filter(|(at, _)| at.elapsed() < READY_TTL)
+            .map(|(_, failed)| failed)
+    }
+
+    /// `None` when ready, else what cannot be reached.
+    async fn check(&self) -> Option<&'static str> {
+        if let Some(failed) = self.fresh() {
+            return failed;
+        }
+        let _probing = self.probing.lock().await;
+        if let Some(failed) = self.fresh() {
+            return failed;
+        }
+        let failed = if let Err(e) = self.state.store.ping().await {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            Some("the database")
+        } else if let Err(e) = self.state.blobs.ping().await {
+            tracing::warn!(error = %e, "readiness: the attachment store does not answer");
+            Some("the attachment store")
+        } else {
+            None
+        };
+        *self.last.lock().expect("readiness poisoned") = Some((Instant::now(), failed));
+        failed
+    }
+
+    async fn answer(&self) -> impl IntoResponse + use<> {
+        let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+        match self.check().await {
+            None => (StatusCode::OK, text, "ready\n".to_owned()),
+            Some(what) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                text,
+                format!("not ready: {what} does not answer\n"),
+            ),
+        }
+    }
 }

@@ -5,8 +5,10 @@
 //! in-memory front decides (every live nonce is in it: loaded from the
 //! database at start) and the database keeps each accepted nonce (queued for
 //! the writer's next group commit as soon as the front accepted it; the
-//! response waits for that commit, see `auth`). A backend shared between
-//! instances makes the same decision in the database instead.
+//! response waits for that commit, see `auth`). On a database shared
+//! between instances (PostgreSQL) the front still refuses what it has seen,
+//! but a pair it has not seen is fresh only if the database insert says so:
+//! another instance may have accepted it.
 //!
 //! Memory is bounded per class of key, so that keys without an account here
 //! cannot crowd out the users of this server:
@@ -143,16 +145,18 @@ impl NonceStore {
             Checked::Full(class) => return Ok(Replay::Full(class)),
         }
         self.sweep_back(now);
-        let durable = self
-            .store
-            .record_nonce(NonceRow {
-                id: ids.pair,
-                key: ids.key,
-                class: class as u8,
-                until,
-            })
-            .await?;
-        Ok(Replay::Fresh(durable))
+        let row = NonceRow {
+            id: ids.pair,
+            key: ids.key,
+            class: class as u8,
+            until,
+        };
+        // The front only ever adds refusals: a database shared with other
+        // instances may know the pair although this front did not.
+        Ok(match self.store.record_nonce(row, now).await? {
+            Some(durable) => Replay::Fresh(durable),
+            None => Replay::Replayed,
+        })
     }
 
     /// Live entries per class, in the order registered, contact, unknown.

@@ -187,8 +187,11 @@ pub async fn create_sign_up_invite(store: &Store, config: &Config, now: Millis) 
     store
         .insert_exchange(&token, None, "", now, now + lifetime(config))
         .await?;
-    let url = accept_url(&format!("https://{HOST_PLACEHOLDER}"), &token);
-    Ok(invite_link(&url))
+    Ok(sign_up_link(&token))
+}
+
+fn sign_up_link(token: &ExchangeToken) -> String {
+    invite_link(&accept_url(&format!("https://{HOST_PLACEHOLDER}"), token))
 }
 
 /// On start: a sign-up invite when nobody is registered and none is open, or
@@ -199,10 +202,18 @@ pub async fn ensure_sign_up_invite(
     force: bool,
     now: Millis,
 ) -> Result<Option<String>> {
-    if !force && (store.has_users().await? || store.open_sign_up_invite_exists(now).await?) {
+    if force {
+        return create_sign_up_invite(store, config, now).await.map(Some);
+    }
+    // Check and insert in one step: instances starting together make one.
+    let token = ExchangeToken::random();
+    if !store
+        .insert_first_sign_up_invite(&token, now, now + lifetime(config))
+        .await?
+    {
         return Ok(None);
     }
-    create_sign_up_invite(store, config, now).await.map(Some)
+    Ok(Some(sign_up_link(&token)))
 }
 
 /// The web-app link that opens an exchange: the accept URL, URL-encoded.

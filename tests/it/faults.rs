@@ -60,6 +60,9 @@ fn backup_command(dir: &Path, file: &Path) -> Command {
 #[tokio::test]
 async fn a_killed_backup_leaves_no_file_under_the_final_name() {
     let app = TestApp::spawn().await;
+    if app.skip_unless_sqlite("kills the SQLite backup copy") {
+        return;
+    }
     let keep = app.dir.clone();
     let dir = keep.path().to_owned();
     let db = app.db_path().to_owned();
@@ -125,6 +128,9 @@ async fn a_killed_backup_leaves_no_file_under_the_final_name() {
 #[tokio::test]
 async fn scheduled_backups_remove_stale_temporaries_and_never_count_them() {
     let app = TestApp::spawn().await;
+    if app.skip_unless_sqlite("reads SQLite backup files") {
+        return;
+    }
     let out = app.dir.path().join("backups");
     std::fs::create_dir_all(&out).unwrap();
     let now = app.clock.now();
@@ -158,6 +164,9 @@ async fn scheduled_backups_remove_stale_temporaries_and_never_count_them() {
 #[tokio::test]
 async fn a_full_database_refuses_writes_as_resource_exhausted_and_keeps_nothing_half_done() {
     let app = TestApp::spawn().await;
+    if app.skip_unless_sqlite("fills the SQLite file with a writer pragma") {
+        return;
+    }
     let (alice, bob) = app.pair().await;
     // Fill the database to its cap: every page a write needs is refused
     // with SQLITE_FULL ("database or disk is full").
@@ -231,6 +240,9 @@ async fn a_full_database_refuses_writes_as_resource_exhausted_and_keeps_nothing_
 #[tokio::test]
 async fn reads_keep_working_when_no_write_succeeds() {
     let app = TestApp::spawn().await;
+    if app.skip_unless_sqlite("refuses writes with a SQLite writer pragma") {
+        return;
+    }
     let (alice, bob) = app.pair().await;
     alice
         .send("MEDIA", &[&bob], Some(b"image".to_vec()))

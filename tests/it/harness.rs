@@ -26,6 +26,8 @@ pub struct TestApp {
     pub sign_up_invite: Option<String>,
     /// Where `/metrics` is served.
     pub metrics_url: String,
+    /// The PostgreSQL database of this test, when the suite runs on one.
+    pg: Option<Arc<TestDatabase>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -41,11 +43,80 @@ impl TestApp {
         let mut config = Config::for_dir(dir.path());
         // Before `adjust`, so a test about files on disk can set it to None.
         config.attachments_s3 = test_bucket();
+        let pg = TestDatabase::create().await.map(Arc::new);
+        config.database_url = pg.as_ref().map(|db| db.target.clone());
         adjust(&mut config);
-        Self::start(Arc::new(dir), config, Clock::manual(now_ms())).await
+        Self::start(Arc::new(dir), config, Clock::manual(now_ms()), pg).await
     }
 
-    async fn start(dir: Arc<tempfile::TempDir>, config: Config, clock: Clock) -> TestApp {
+    /// Whether the suite runs on PostgreSQL (`PIQCHAT_TEST_DATABASE_URL`).
+    pub fn on_postgres(&self) -> bool {
+        self.state.config.database_url.is_some()
+    }
+
+    /// For tests of the SQLite file itself: true (and says why) when the
+    /// suite runs on PostgreSQL, where the test does not apply.
+    pub fn skip_unless_sqlite(&self, reason: &str) -> bool {
+        if self.on_postgres() {
+            eprintln!("skipped on PostgreSQL: this test {reason}");
+        }
+        self.on_postgres()
+    }
+
+    /// Rows in `table`, counted on a connection of the test's own beside
+    /// the server's (the SQLite file or the PostgreSQL database).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        use sqlx::Connection as _;
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        if let Some(pg) = &self.state.config.database_url {
+            let mut conn = sqlx::PgConnection::connect_with(&pg.connect_options())
+                .await
+                .expect("the test database answers");
+            let (n,): (i64,) = sqlx::query_as(&sql).fetch_one(&mut conn).await.unwrap();
+            return n;
+        }
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path().display()))
+                .await
+                .expect("the database file opens");
+        let (n,): (i64,) = sqlx::query_as(&sql).fetch_one(&mut conn).await.unwrap();
+        n
+    }
+
+    /// Two instances started at the same moment on one fresh PostgreSQL
+    /// database (a first start of a cluster); `None` on SQLite.
+    pub async fn spawn_two_at_once() -> Option<(TestApp, TestApp)> {
+        let pg = Arc::new(TestDatabase::create().await?);
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = Config::for_dir(dir.path());
+        config.database_url = Some(pg.target.clone());
+        config.attachments_s3 = test_bucket();
+        let clock = Clock::manual(now_ms());
+        Some(tokio::join!(
+            Self::start(dir.clone(), config.clone(), clock.clone(), Some(pg.clone())),
+            Self::start(dir, config, clock, Some(pg)),
+        ))
+    }
+
+    /// A second instance of the same server: same database, attachment
+    /// folder, configuration and clock, its own listener and process state.
+    pub async fn another_instance(&self) -> TestApp {
+        let config = (*self.state.config).clone();
+        Self::start(
+            self.dir.clone(),
+            config,
+            self.clock.clone(),
+            self.pg.clone(),
+        )
+        .await
+    }
+
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        config: Config,
+        clock: Clock,
+        pg: Option<Arc<TestDatabase>>,
+    ) -> TestApp {
         let app = App::build(config, clock.clone()).await.expect("app builds");
         let addr = app.local_addr();
         let state = app.state().clone();
@@ -67,6 +138,7 @@ impl TestApp {
             dir,
             sign_up_invite,
             metrics_url,
+            pg,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -184,8 +256,9 @@ impl TestApp {
         let mut config = (*self.state.config).clone();
         adjust(&mut config);
         let clock = self.clock.clone();
+        let pg = self.pg.clone();
         self.stop().await;
-        Self::start(dir, config, clock).await
+        Self::start(dir, config, clock, pg).await
     }
 
     /// A server with Web Push on, sending to a push-service stand-in (allowed
@@ -252,6 +325,73 @@ pub fn test_bucket() -> Option<piqchat_inbox::blobs::S3Settings> {
         piqchat_inbox::blobs::S3Settings::parse(&format!("s3://{bucket}/{prefix}"), &get)
             .unwrap_or_else(|(var, message)| panic!("PIQCHAT_TEST_S3_URL: {var}: {message}"));
     Some(settings)
+}
+
+/// A database of its own for one test on the PostgreSQL server named by
+/// `PIQCHAT_TEST_DATABASE_URL`; dropped (best effort) with the last
+/// instance that uses it.
+pub struct TestDatabase {
+    admin: piqchat_inbox::store::PgTarget,
+    pub target: piqchat_inbox::store::PgTarget,
+}
+
+/// The PostgreSQL server the suite runs against, if any.
+pub fn test_database_url() -> Option<String> {
+    std::env::var("PIQCHAT_TEST_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+impl TestDatabase {
+    /// `None` when the suite runs on SQLite.
+    pub async fn create() -> Option<TestDatabase> {
+        use sqlx::Connection as _;
+        let url = test_database_url()?;
+        let admin = piqchat_inbox::store::PgTarget::parse(&url)
+            .expect("PIQCHAT_TEST_DATABASE_URL is a PostgreSQL URL");
+        let name = format!("piqchat_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect_with(&admin.connect_options())
+            .await
+            .expect("the test PostgreSQL server answers");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database");
+        let _ = conn.close().await;
+        Some(TestDatabase {
+            target: admin.with_database(&name),
+            admin,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        use sqlx::Connection as _;
+        let (admin, name) = (
+            self.admin.connect_options(),
+            self.target.database().to_owned(),
+        );
+        // Drop runs inside the test's runtime: a thread with a runtime of
+        // its own, waited for, so that the database is gone before the
+        // test ends. FORCE ends the connections of an instance still
+        // shutting down.
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect_with(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = done.join();
+    }
 }
 
 /// The exchange token inside an invite link or accept URL.

@@ -12,6 +12,7 @@ mod exchanges;
 mod faults;
 mod gateway;
 mod info;
+mod instances;
 mod limits;
 mod malformed;
 mod nonces;

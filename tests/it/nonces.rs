@@ -12,7 +12,6 @@ use piqchat_inbox::{
     pb,
 };
 use prost::Message;
-use sqlx::Connection as _;
 use tonic::Code;
 
 use crate::harness::{TestApp, clone_request, token_of_link};
@@ -53,15 +52,7 @@ fn send_request(http: &HttpClient, to: &str) -> http::Request<Full<Bytes>> {
 }
 
 async fn nonce_rows(app: &TestApp) -> i64 {
-    let mut conn =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path().display()))
-            .await
-            .unwrap();
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nonces")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    n
+    app.count_rows("nonces").await
 }
 
 #[tokio::test]

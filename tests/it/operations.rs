@@ -150,3 +150,32 @@ async fn the_openapi_document_lists_every_route_and_the_shim() {
     }
     assert!(doc["components"]["securitySchemes"]["signature"].is_object());
 }
+
+#[tokio::test]
+async fn readiness_says_whether_the_database_and_attachment_store_answer() {
+    let app = TestApp::spawn().await;
+    let reply = app.http().json(Method::GET, "/readyz", None).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.as_ref(), b"ready\n");
+    if app.state.config.attachments_s3.is_some() {
+        eprintln!("skipped the unreachable-store half: it removes the local attachments folder");
+        return;
+    }
+    // The attachments folder vanishes (an unmounted volume): after the last
+    // answer's second is over, the instance says it is not ready, and why.
+    std::fs::remove_dir_all(&app.state.config.attachments_path).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let reply = app.http().json(Method::GET, "/readyz", None).await.unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        std::str::from_utf8(&reply.body).unwrap(),
+        "not ready: the attachment store does not answer\n"
+    );
+    // /healthz only says the process serves.
+    let health = app
+        .http()
+        .json(Method::GET, "/healthz", None)
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+}

@@ -1,41 +1,15 @@
 //! Whole-account operations: the invited-users view, deletion, backups and
 //! push subscriptions.
 
+use crate::store::rows::*;
 use sqlx::Row as _;
 
-use super::{Store, UserRow, parcels::delete_unreferenced_attachments};
+use super::{SqliteStore, parcels::delete_unreferenced_attachments};
 use crate::{
     clock::Millis,
     domain::{AttachmentId, UserId},
     error::Result,
 };
-
-/// A row of the invited-users view; `user_id` is `None` for deleted accounts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvitedRow {
-    pub entry_id: i64,
-    pub user_id: Option<UserId>,
-    pub invited_by: Option<i64>,
-    pub last_seen_at: Option<Millis>,
-    pub client_version: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupRow {
-    pub content: String,
-    pub updated_at: Millis,
-    pub last_read_at: Option<Millis>,
-}
-
-/// A push subscription as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushSubscriptionRow {
-    pub endpoint: String,
-    pub p256dh: Vec<u8>,
-    pub auth: Vec<u8>,
-    pub content_encoding: String,
-    pub expires_at: Option<Millis>,
-}
 
 fn invited_row(r: sqlx::sqlite::SqliteRow) -> InvitedRow {
     InvitedRow {
@@ -49,7 +23,7 @@ fn invited_row(r: sqlx::sqlite::SqliteRow) -> InvitedRow {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// `user` first, then the accounts created through `user`'s invites.
     pub async fn invited_by(&self, user: &UserRow) -> Result<Vec<InvitedRow>> {
         let rows = sqlx::query(

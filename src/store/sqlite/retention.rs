@@ -2,15 +2,15 @@
 //! the writer for long.
 
 use super::{
-    Store,
+    SqliteStore,
     parcels::{delete_unreferenced_attachments, list_file_removal},
 };
-use crate::{clock::Millis, domain::AttachmentId, error::Result, store::stats::day_of};
+use crate::store::rows::*;
+use crate::{clock::Millis, domain::AttachmentId, error::Result};
 
-/// Rows deleted per statement; between batches other writes get their turn.
-pub const BATCH: i64 = 1000;
+use crate::store::rows::RETENTION_BATCH as BATCH;
 
-impl Store {
+impl SqliteStore {
     /// Deletes up to one batch of parcels created before `cutoff`; returns how
     /// many went and the attachments no parcel references any more (their rows
     /// are gone; the caller removes the files).

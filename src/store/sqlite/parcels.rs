@@ -1,55 +1,15 @@
 //! `parcels`, `attachments` and the daily statistics they feed.
 
 use super::{
-    NewPush, Store, UserRow, count,
-    stats::day_of,
+    SqliteStore, count,
     users::{user_columns, user_row},
 };
+use crate::store::rows::*;
 use crate::{
     clock::Millis,
     domain::{AttachmentId, ParcelId, UserId},
     error::Result,
 };
-
-/// One parcel to store, for one recipient.
-pub struct NewParcel {
-    pub id: ParcelId,
-    pub recipient: i64,
-    pub content: String,
-}
-
-/// Everything one send stores, in one transaction.
-pub struct NewParcels {
-    pub sender: UserId,
-    pub kind: String,
-    pub attachment: Option<(AttachmentId, u64)>,
-    pub parcels: Vec<NewParcel>,
-    pub now: Millis,
-    /// Refuse (store nothing) when any recipient would pass these.
-    pub max_waiting_parcels: u32,
-    pub max_waiting_attachment_bytes: u64,
-    /// A push to queue for each recipient that has a subscription.
-    pub push: Option<NewPush>,
-}
-
-/// Why a send stored nothing.
-#[derive(Debug, PartialEq, Eq)]
-pub enum QuotaExceeded {
-    Parcels { recipient: i64 },
-    AttachmentBytes { recipient: i64 },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParcelRow {
-    /// The order of arrival: the key of list pages.
-    pub seq: i64,
-    pub id: ParcelId,
-    pub kind: String,
-    pub content: String,
-    pub sender: UserId,
-    pub sent_at: Millis,
-    pub attachment_size: Option<u64>,
-}
 
 /// A recipient's parcels (`p`), oldest first, as one JSON array in one
 /// value: each row of a result is a message between the connection's thread
@@ -62,7 +22,7 @@ macro_rules! parcels_json {
     };
 }
 
-impl Store {
+impl SqliteStore {
     /// The registered recipients among `ids` that have `sender` on their
     /// whitelist, as (user id, entry id), in the order of `ids`. One query
     /// for all of them (the ids go in as a JSON array of hex keys).
@@ -251,7 +211,7 @@ impl Store {
     }
 }
 
-/// The work of `Store::insert_parcels`, on the writer's connection.
+/// The work of `SqliteStore::insert_parcels`, on the writer's connection.
 async fn insert_parcels(
     tx: &mut sqlx::SqliteConnection,
     new: &NewParcels,

@@ -1,19 +1,8 @@
 //! `users` and `contacts`.
 
-use super::Store;
-use crate::{clock::Millis, domain::UserId, error::Result};
-
-/// A registered (not deleted) user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserRow {
-    /// Internal row id ("entry id").
-    pub entry_id: i64,
-    pub user_id: UserId,
-    pub invited_by: Option<i64>,
-    pub created_at: Millis,
-    pub last_seen_at: Option<Millis>,
-    pub client_version: Option<String>,
-}
+use super::SqliteStore;
+use crate::store::rows::*;
+use crate::{domain::UserId, error::Result};
 
 pub(super) type RawUser = (i64, Vec<u8>, Option<i64>, i64, Option<i64>, Option<String>);
 
@@ -38,7 +27,7 @@ macro_rules! user_columns {
 }
 pub(super) use user_columns;
 
-impl Store {
+impl SqliteStore {
     pub async fn user_by_key(&self, id: &UserId) -> Result<Option<UserRow>> {
         let raw: Option<RawUser> = sqlx::query_as(concat!(
             "SELECT ",

@@ -1,42 +1,26 @@
 //! `nonces`: the durable side of replay protection (see `api::replay`), and
 //! the one read that classifies a key for its nonce budget.
 
+use crate::store::rows::*;
 use futures_util::future::BoxFuture;
 
-use super::Store;
+use super::SqliteStore;
 use crate::{clock::Millis, domain::UserId, error::Result};
 
 /// Rows deleted per statement when expired nonces are cleared.
 const EXPIRE_BATCH: i64 = 10_000;
 
-/// One remembered nonce, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NonceRow {
-    /// 64 bits of SHA-256(public key || nonce).
-    pub id: u64,
-    /// 64 bits of SHA-256(public key).
-    pub key: u64,
-    pub class: u8,
-    /// Unix ms after which the signature is stale.
-    pub until: Millis,
-}
-
-/// What the database knows about a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeyStanding {
-    /// The key has an account here.
-    pub registered: bool,
-    /// Some registered user has the key in their contacts.
-    pub accepted_as_sender: bool,
-}
-
-impl Store {
+impl SqliteStore {
     /// Queues `row` for the next commit and returns once it is queued; the
     /// future resolves when it is on disk. Writes queued after this call
     /// commit with it or later, so a request's own writes are never durable
-    /// without its nonce. (A shared PostgreSQL backend decides freshness in
-    /// the insert itself: `INSERT … ON CONFLICT DO NOTHING`.)
-    pub async fn record_nonce(&self, row: NonceRow) -> Result<BoxFuture<'static, Result<()>>> {
+    /// without its nonce. Never `None`: the in-memory front decided already
+    /// (one instance owns the file).
+    pub async fn record_nonce(
+        &self,
+        row: NonceRow,
+        _now: Millis,
+    ) -> Result<Option<BoxFuture<'static, Result<()>>>> {
         let commit = self
             .writer
             .execute_queued(
@@ -51,7 +35,7 @@ impl Store {
                 .bind(row.until),
             )
             .await?;
-        Ok(Box::pin(async move { commit.await.map(|_| ()) }))
+        Ok(Some(Box::pin(async move { commit.await.map(|_| ()) })))
     }
 
     /// Every nonce still live at `now`.

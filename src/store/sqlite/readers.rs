@@ -23,7 +23,7 @@ pub(super) struct Readers {
 }
 
 /// A borrowed read connection; goes back to the set when dropped.
-pub(super) struct ReadConn<'a> {
+pub(in crate::store) struct ReadConn<'a> {
     conn: Option<SqliteConnection>,
     readers: &'a Readers,
     _permit: SemaphorePermit<'a>,

@@ -1,9 +1,9 @@
 //! `server_config`: server-wide values such as the server's key pairs.
 
-use super::Store;
+use super::SqliteStore;
 use crate::error::Result;
 
-impl Store {
+impl SqliteStore {
     /// Returns the value stored under `key`, storing `make()` first if there is
     /// none. Concurrent first starts agree on one value.
     pub async fn server_value_or_insert(

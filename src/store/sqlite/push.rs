@@ -1,30 +1,12 @@
 //! `push_outbox`: pushes waiting for delivery, with their subscription.
 
+use crate::store::rows::*;
 use sqlx::Row as _;
 
-use super::{PushSubscriptionRow, Store};
+use super::SqliteStore;
 use crate::{clock::Millis, error::Result};
 
-/// One pending push and where it goes.
-#[derive(Clone, Debug)]
-pub struct DuePush {
-    pub id: i64,
-    pub user_id: i64,
-    pub payload: String,
-    pub attempts: i64,
-    pub expires_at: Millis,
-    pub subscription: PushSubscriptionRow,
-}
-
-/// Written in the parcel's transaction: the pushes for the recipients that
-/// have a subscription.
-#[derive(Clone, Debug)]
-pub struct NewPush {
-    pub payload: String,
-    pub ttl: Millis,
-}
-
-impl Store {
+impl SqliteStore {
     /// Up to `limit` pushes due at `now`, oldest first.
     pub async fn due_pushes(&self, now: Millis, limit: i64) -> Result<Vec<DuePush>> {
         let rows = sqlx::query(
@@ -92,6 +74,12 @@ impl Store {
                 .bind(at),
             )
             .await?;
+        Ok(())
+    }
+
+    /// No claims to end: one worker owns the file, and its in-flight set
+    /// keeps it from taking a push twice.
+    pub async fn release_pushes(&self, _ids: &[i64]) -> Result<()> {
         Ok(())
     }
 }

@@ -1,26 +1,13 @@
 //! Statistics that GetInfo publishes, computed from the real tables.
 
-use super::{Store, count};
+use super::{SqliteStore, count};
+use crate::store::rows::*;
 use crate::{
     clock::{DAY, Millis},
     error::Result,
 };
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Statistics {
-    pub users_total: u32,
-    pub users_active_7d: u32,
-    pub users_active_30d: u32,
-    pub media_parcels_waiting: u32,
-    pub media_parcels_received_7d: u32,
-}
-
-/// Days since the Unix epoch, the key of `daily_stats`.
-pub fn day_of(now: Millis) -> i64 {
-    now.div_euclid(DAY)
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn statistics(&self, now: Millis) -> Result<Statistics> {
         let (total, active_7d, active_30d): (i64, i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), \

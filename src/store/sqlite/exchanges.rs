@@ -1,38 +1,16 @@
 //! `exchanges`: contact exchanges and sign-up invites.
 
+use crate::store::rows::*;
 use sqlx::Row as _;
 
-use super::Store;
+use super::SqliteStore;
 use crate::{
     clock::Millis,
     domain::{ExchangeToken, UserId},
     error::Result,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExchangeRow {
-    pub offer: String,
-    pub answer: Option<String>,
-    pub accepted_at: Option<Millis>,
-    pub expires_at: Millis,
-}
-
-/// What an accept attempt found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AcceptOutcome {
-    Accepted {
-        offer: String,
-        expires_at: Millis,
-        /// `Some(true)` when an account was created, `Some(false)` when the
-        /// user id was registered already, `None` when no sign-up was asked.
-        account_created: Option<bool>,
-    },
-    Unknown,
-    AlreadyAccepted,
-    Expired,
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn insert_exchange(
         &self,
         token: &ExchangeToken,
@@ -173,5 +151,35 @@ impl Store {
                 .fetch_optional(&mut *self.readers.get().await?)
                 .await?;
         Ok(row.is_some())
+    }
+
+    /// Inserts a sign-up invite unless somebody is registered or one is
+    /// open, in one job (the single writer makes check and insert atomic).
+    pub async fn insert_first_sign_up_invite(
+        &self,
+        token: &ExchangeToken,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<bool> {
+        let token = token.to_string();
+        self.writer
+            .run(move |tx| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO exchanges (token, creator_id, offer, created_at, expires_at) \
+                         SELECT $1, NULL, '', $2, $3 WHERE NOT EXISTS \
+                         (SELECT 1 FROM users WHERE public_key IS NOT NULL) AND NOT EXISTS \
+                         (SELECT 1 FROM exchanges WHERE creator_id IS NULL \
+                         AND accepted_at IS NULL AND expires_at > $2)",
+                    )
+                    .bind(&token)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 }

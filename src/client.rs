@@ -27,11 +27,10 @@ use tonic::{Code, Status, transport::Channel};
 use tower::{Layer, Service};
 
 use crate::{
-    api::auth::PREFERRED_LABEL,
     clock::Clock,
-    domain::UserId,
-    httpsig::{self, ComponentId, RequestParts, SigError, SignatureParams},
-    identity::random_bytes,
+    httpsig::{self, ComponentId, PREFERRED_LABEL, RequestParts, SigError, SignatureParams},
+    ids::UserId,
+    random::random_bytes,
 };
 
 /// An Ed25519 key pair: the secret is the 32-byte seed.

@@ -123,6 +123,10 @@ macro_rules! uuid_id {
     };
 }
 
+/// The host in a sign-up invite's accept URL that stands for "the user's
+/// server": the web app replaces it with the domain a user types.
+pub const HOST_PLACEHOLDER: &str = "input_inbox_server_host";
+
 uuid_id!(
     /// The one-time credential of a contact exchange.
     ExchangeToken,

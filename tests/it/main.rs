@@ -9,6 +9,7 @@ mod auth;
 mod connections;
 mod exchanges;
 mod faults;
+mod federation_example;
 mod gateway;
 mod info;
 mod limits;

@@ -10,6 +10,34 @@
 //!   and the JSON gateway.
 //! - [`InviteLink`], [`server_key`]: what a client needs before its first
 //!   signed call.
+//!
+//! Built alone with `--no-default-features --features client`. A send to a
+//! user of any server (the README's example; `examples/federation.rs` has
+//! the whole flow):
+//!
+//! ```no_run
+//! use piqchat_inbox::client::{self, RequestSigner, UserKey};
+//! use piqchat_inbox::pb::{ParcelRecipient, SendParcelRequest};
+//! use piqchat_inbox::pb::parcel_service_client::ParcelServiceClient;
+//!
+//! # async fn send(recipient_id: String, image: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! let key = UserKey::from_base64url(&std::env::var("PIQCHAT_KEY")?)?;
+//! let server = "http://127.0.0.1:8080"; // the recipient's server
+//! // Signatures name the server's key (`tag`): valid there and nowhere else.
+//! let signer = RequestSigner::new(key, client::server_key(server).await?);
+//! let mut parcels = ParcelServiceClient::new(client::connect(server, signer).await?);
+//! let sent = parcels
+//!     .send_parcel(SendParcelRequest {
+//!         r#type: "MEDIA".into(),
+//!         recipients: vec![ParcelRecipient { user_id: recipient_id, content: "…".into() }],
+//!         attachment: Some(image), // encrypted by the app; the server never reads it
+//!     })
+//!     .await?
+//!     .into_inner();
+//! println!("delivered to {:?}", sent.delivered_recipient_ids);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{
     fmt,
@@ -290,6 +318,10 @@ pub type SignedChannel = Signing<Channel>;
 pub enum ConnectError {
     #[error("invalid server URL {0:?}: expected an absolute URL such as http://127.0.0.1:8080")]
     BadUrl(String),
+    /// The channel speaks cleartext HTTP/2 only (tonic's TLS features are
+    /// off): reach a TLS server through a local TLS proxy or tunnel.
+    #[error("{0}: this client connects over cleartext HTTP/2 only (http://), not TLS")]
+    NoTls(String),
     #[error("could not connect to {url}: {source}")]
     Transport {
         url: String,
@@ -301,12 +333,12 @@ pub enum ConnectError {
 fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, ConnectError> {
     let endpoint = Channel::from_shared(url.trim_end_matches('/').to_owned())
         .map_err(|_| ConnectError::BadUrl(url.to_owned()))?;
-    if !matches!(endpoint.uri().scheme_str(), Some("http" | "https"))
-        || endpoint.uri().authority().is_none()
-    {
-        return Err(ConnectError::BadUrl(url.to_owned()));
+    match endpoint.uri().scheme_str() {
+        _ if endpoint.uri().authority().is_none() => Err(ConnectError::BadUrl(url.to_owned())),
+        Some("http") => Ok(endpoint),
+        Some("https") => Err(ConnectError::NoTls(url.to_owned())),
+        _ => Err(ConnectError::BadUrl(url.to_owned())),
     }
-    Ok(endpoint)
 }
 
 async fn open(endpoint: tonic::transport::Endpoint) -> Result<Channel, ConnectError> {
@@ -674,5 +706,7 @@ mod tests {
             let err = connect_anonymous(url).await.unwrap_err();
             assert!(matches!(err, ConnectError::BadUrl(_)), "{url}: {err}");
         }
+        let err = connect_anonymous("https://inbox.example.org").await.unwrap_err();
+        assert!(matches!(err, ConnectError::NoTls(_)), "{err}");
     }
 }

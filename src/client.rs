@@ -706,7 +706,9 @@ mod tests {
             let err = connect_anonymous(url).await.unwrap_err();
             assert!(matches!(err, ConnectError::BadUrl(_)), "{url}: {err}");
         }
-        let err = connect_anonymous("https://inbox.example.org").await.unwrap_err();
+        let err = connect_anonymous("https://inbox.example.org")
+            .await
+            .unwrap_err();
         assert!(matches!(err, ConnectError::NoTls(_)), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and generates
-//! the tonic services. The encoded descriptor set is written next to the code
-//! and embedded by `src/api/mod.rs` for reflection and the JSON gateway.
+//! the tonic clients, and the service traits when the `server` feature is on.
+//! The encoded descriptor set is written next to the code and embedded by
+//! `src/api/mod.rs` for reflection and the JSON gateway.
 
 use std::{env, fs, path::PathBuf};
 
@@ -31,9 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())?;
     tonic_prost_build::configure()
         // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL.
-        .codec_path("crate::api::codec::ProtoCodec")
+        .codec_path("crate::codec::ProtoCodec")
         .build_client(true)
-        .build_server(true)
+        // A client-only build has no use for the service traits.
+        .build_server(env::var_os("CARGO_FEATURE_SERVER").is_some())
         .build_transport(false)
         .compile_fds(fds)?;
     Ok(())

@@ -8,6 +8,36 @@
 //!   tonic [`Channel`] for gRPC ([`connect`]).
 //! - [`HttpClient`]: HTTP/1.1 calls for gRPC-web (unary and server streaming)
 //!   and the JSON gateway.
+//! - [`InviteLink`], [`server_key`]: what a client needs before its first
+//!   signed call.
+//!
+//! Built alone with `--no-default-features --features client`. A send to a
+//! user of any server (the README's example; `examples/federation.rs` has
+//! the whole flow):
+//!
+//! ```no_run
+//! use piqchat_inbox::client::{self, RequestSigner, UserKey};
+//! use piqchat_inbox::pb::{ParcelRecipient, SendParcelRequest};
+//! use piqchat_inbox::pb::parcel_service_client::ParcelServiceClient;
+//!
+//! # async fn send(recipient_id: String, image: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! let key = UserKey::from_base64url(&std::env::var("PIQCHAT_KEY")?)?;
+//! let server = "http://127.0.0.1:8080"; // the recipient's server
+//! // Signatures name the server's key (`tag`): valid there and nowhere else.
+//! let signer = RequestSigner::new(key, client::server_key(server).await?);
+//! let mut parcels = ParcelServiceClient::new(client::connect(server, signer).await?);
+//! let sent = parcels
+//!     .send_parcel(SendParcelRequest {
+//!         r#type: "MEDIA".into(),
+//!         recipients: vec![ParcelRecipient { user_id: recipient_id, content: "…".into() }],
+//!         attachment: Some(image), // encrypted by the app; the server never reads it
+//!     })
+//!     .await?
+//!     .into_inner();
+//! println!("delivered to {:?}", sent.delivered_recipient_ids);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{
     fmt,
@@ -27,11 +57,11 @@ use tonic::{Code, Status, transport::Channel};
 use tower::{Layer, Service};
 
 use crate::{
-    api::auth::PREFERRED_LABEL,
     clock::Clock,
-    domain::UserId,
-    httpsig::{self, ComponentId, RequestParts, SigError, SignatureParams},
-    identity::random_bytes,
+    httpsig::{self, ComponentId, PREFERRED_LABEL, RequestParts, SigError, SignatureParams},
+    ids::{ExchangeToken, HOST_PLACEHOLDER, UserId},
+    pb,
+    random::random_bytes,
 };
 
 /// An Ed25519 key pair: the secret is the 32-byte seed.
@@ -283,23 +313,130 @@ where
 /// A gRPC channel that signs every call.
 pub type SignedChannel = Signing<Channel>;
 
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid server URL {0:?}: expected an absolute URL such as http://127.0.0.1:8080")]
+    BadUrl(String),
+    /// The channel speaks cleartext HTTP/2 only (tonic's TLS features are
+    /// off): reach a TLS server through a local TLS proxy or tunnel.
+    #[error("{0}: this client connects over cleartext HTTP/2 only (http://), not TLS")]
+    NoTls(String),
+    #[error("could not connect to {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, ConnectError> {
+    let endpoint = Channel::from_shared(url.trim_end_matches('/').to_owned())
+        .map_err(|_| ConnectError::BadUrl(url.to_owned()))?;
+    match endpoint.uri().scheme_str() {
+        _ if endpoint.uri().authority().is_none() => Err(ConnectError::BadUrl(url.to_owned())),
+        Some("http") => Ok(endpoint),
+        Some("https") => Err(ConnectError::NoTls(url.to_owned())),
+        _ => Err(ConnectError::BadUrl(url.to_owned())),
+    }
+}
+
+async fn open(endpoint: tonic::transport::Endpoint) -> Result<Channel, ConnectError> {
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Transport {
+            url: endpoint.uri().to_string(),
+            source,
+        })
+}
+
 /// Connects to `url` (e.g. `http://127.0.0.1:8080`) over HTTP/2.
-pub async fn connect(
-    url: &str,
-    signer: RequestSigner,
-) -> Result<SignedChannel, tonic::transport::Error> {
-    let endpoint = Channel::from_shared(url.to_owned()).expect("a valid URL");
+pub async fn connect(url: &str, signer: RequestSigner) -> Result<SignedChannel, ConnectError> {
+    let endpoint = endpoint(url)?;
     let origin = endpoint.uri().clone();
-    let channel = endpoint.connect().await?;
+    let channel = open(endpoint).await?;
     Ok(SigningLayer::new(signer).layer(channel).with_origin(origin))
 }
 
 /// An unsigned channel, for public calls.
-pub async fn connect_anonymous(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Channel::from_shared(url.to_owned())
-        .expect("a valid URL")
-        .connect()
+pub async fn connect_anonymous(url: &str) -> Result<Channel, ConnectError> {
+    open(endpoint(url)?).await
+}
+
+/// The server's public key (GetInfo's `server_public_key`): the `tag` that
+/// signatures for that server must carry.
+pub async fn server_key(url: &str) -> Result<String, Status> {
+    let channel = connect_anonymous(url)
         .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let info = pb::info_service_client::InfoServiceClient::new(channel)
+        .get_info(pb::GetInfoRequest {})
+        .await?
+        .into_inner();
+    Ok(info.server_public_key)
+}
+
+/// An invite link: `https://piqchat.net/#?exchange-url=<accept URL>&exchange-key=<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteLink {
+    /// The accept URL as the link gives it (maybe with the placeholder host).
+    pub exchange_url: String,
+    /// The app's key for the exchange's cards; empty for a sign-up invite.
+    pub exchange_key: String,
+    /// The exchange token, the credential of AcceptExchange.
+    pub token: ExchangeToken,
+    /// Whether the accept URL names [`HOST_PLACEHOLDER`] (a sign-up invite,
+    /// accepted on whichever server the user chooses).
+    pub needs_server: bool,
+}
+
+impl InviteLink {
+    /// Parses a link as the server prints it; the error says what is wrong.
+    pub fn parse(link: &str) -> Result<Self, String> {
+        let link = link.trim();
+        let (_, fragment) = link
+            .split_once('#')
+            .ok_or("the invite link has no #?exchange-url=… fragment")?;
+        let mut exchange_url = None;
+        let mut exchange_key = None;
+        for pair in fragment.trim_start_matches('?').split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // The app reads these with URLSearchParams: `+` is a space.
+            let value = value.replace('+', " ");
+            let value = percent_encoding::percent_decode_str(&value)
+                .decode_utf8()
+                .map_err(|_| format!("the invite link's {name} is not UTF-8"))?
+                .into_owned();
+            match name {
+                "exchange-url" => exchange_url = Some(value),
+                "exchange-key" => exchange_key = Some(value),
+                _ => {}
+            }
+        }
+        let exchange_url = exchange_url.ok_or("the invite link has no exchange-url")?;
+        let exchange_key = exchange_key.ok_or("the invite link has no exchange-key")?;
+        let accept: Uri = exchange_url
+            .parse()
+            .map_err(|_| "the invite link's exchange-url is not a URL".to_owned())?;
+        let not_accept_url = || {
+            format!(
+                "the exchange-url is not an accept URL (…/v1/exchanges/<token>:accept): {exchange_url}"
+            )
+        };
+        let token = accept
+            .path()
+            .rsplit_once("/v1/exchanges/")
+            .and_then(|(_, rest)| rest.strip_suffix(":accept"))
+            .ok_or_else(not_accept_url)?;
+        let token = ExchangeToken::parse(token).map_err(|e| e.to_string())?;
+        Ok(InviteLink {
+            needs_server: accept.host() == Some(HOST_PLACEHOLDER),
+            exchange_url,
+            exchange_key,
+            token,
+        })
+    }
 }
 
 /// HTTP/1.1 client for gRPC-web and the JSON gateway, signing when it has a
@@ -510,4 +647,68 @@ fn decode_grpc_web<Res: prost::Message + Default>(reply: HttpReply) -> Result<Ve
         return Err(Status::new(Code::from_i32(code), message));
     }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "3f2b8c1e-5d4a-4b7e-9c2d-1a2b3c4d5e6f";
+
+    #[test]
+    fn invite_links_parse_like_the_app() {
+        let sign_up = format!(
+            "https://piqchat.net/#?exchange-url=https%3A%2F%2Finput_inbox_server_host%2Fv1%2Fexchanges%2F{TOKEN}%3Aaccept&exchange-key="
+        );
+        let link = InviteLink::parse(&sign_up).unwrap();
+        assert_eq!(link.token.to_string(), TOKEN);
+        assert!(link.needs_server);
+        assert_eq!(link.exchange_key, "");
+        assert_eq!(
+            link.exchange_url,
+            format!("https://input_inbox_server_host/v1/exchanges/{TOKEN}:accept")
+        );
+
+        let friend = format!(
+            "https://piqchat.net/#?exchange-url=https%3A%2F%2Finbox.example.org%2Fv1%2Fexchanges%2F{TOKEN}%3Aaccept&exchange-key=k%2By"
+        );
+        let link = InviteLink::parse(&friend).unwrap();
+        assert!(!link.needs_server);
+        assert_eq!(link.exchange_key, "k+y");
+    }
+
+    #[test]
+    fn bad_invite_links_say_what_is_wrong() {
+        for (link, says) in [
+            ("https://piqchat.net/", "fragment"),
+            ("https://piqchat.net/#?exchange-key=", "no exchange-url"),
+            (
+                "https://piqchat.net/#?exchange-url=https%3A%2F%2Fa.example%2Fv1%2Fexchanges%2Fnope%3Aaccept&exchange-key=",
+                "invalid exchange token",
+            ),
+            (
+                "https://piqchat.net/#?exchange-url=https%3A%2F%2Fa.example%2Fother&exchange-key=",
+                "not an accept URL",
+            ),
+            (
+                "https://piqchat.net/#?exchange-url=https%3A%2F%2Fa.example%2Fv1%2Fexchanges%2Fx%3Aaccept",
+                "no exchange-key",
+            ),
+        ] {
+            let err = InviteLink::parse(link).unwrap_err();
+            assert!(err.contains(says), "{link}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_server_urls_are_errors_not_panics() {
+        for url in ["", "not a url", "127.0.0.1:8080", "ftp://127.0.0.1/"] {
+            let err = connect_anonymous(url).await.unwrap_err();
+            assert!(matches!(err, ConnectError::BadUrl(_)), "{url}: {err}");
+        }
+        let err = connect_anonymous("https://inbox.example.org")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::NoTls(_)), "{err}");
+    }
 }

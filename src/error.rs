@@ -104,6 +104,12 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<crate::ids::InvalidId> for Error {
+    fn from(e: crate::ids::InvalidId) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         if io_is_full(&e) {

@@ -14,6 +14,10 @@ use sfv::{
 };
 use sha2::{Digest as _, Sha256, Sha512};
 
+/// The label piqchat clients sign under and the server verifies when a
+/// request carries several signatures (`docs/AUTH.md`).
+pub const PREFERRED_LABEL: &str = "piqchat";
+
 /// Why a signature or digest was rejected. `Display` is meant for the client
 /// (the server returns it as the 401 reason): short, never key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -57,12 +57,7 @@ impl ServerIdentity {
     }
 }
 
-/// Cryptographically secure random bytes from the operating system.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    getrandom::fill(&mut buf).expect("the operating system's random source is unavailable");
-    buf
-}
+pub use crate::random::random_bytes;
 
 fn new_p256_secret() -> Vec<u8> {
     // A random 32-byte string is a valid scalar with overwhelming probability;

@@ -12,26 +12,49 @@
 //! - [`push`]: Web Push delivery.
 //! - [`jobs`]: retention (forgetting on schedule) and scheduled backups.
 //! - [`identity`]: the server's own key pairs.
-//! - [`httpsig`]: RFC 9421 message signatures (pure code).
-//! - [`client`]: a signing client for servers and tools.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`clock`], [`error`]: time and the one error type.
+//! - [`error`]: the one error type.
+//!
+//! Shared with the client (the `client` feature builds only these):
+//! - [`client`]: a signing client for servers and tools.
+//! - [`httpsig`]: RFC 9421 message signatures (pure code).
+//! - [`ids`]: user ids, tokens and parcel ids, parsed.
+//! - [`pb`]: the generated messages and clients (and, with `server`, the
+//!   service traits).
+//! - [`clock`], [`random`]: time and randomness.
 
-pub mod api;
-pub mod app;
-pub mod blobs;
 pub mod client;
 pub mod clock;
-pub mod config;
-pub mod domain;
-pub mod error;
+mod codec;
 pub mod httpsig;
+pub mod ids;
+pub mod random;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod app;
+#[cfg(feature = "server")]
+pub mod blobs;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod domain;
+#[cfg(feature = "server")]
+pub mod error;
+#[cfg(feature = "server")]
 pub mod identity;
+#[cfg(feature = "server")]
 pub mod jobs;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod push;
+#[cfg(feature = "server")]
 pub mod serve;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod tls;
 
 /// Types generated from `proto/piqchat/inbox/v1`.

@@ -27,15 +27,13 @@ use crate::{
     app::AppState,
     clock::{Clock, Millis, SECOND},
     domain::{Caller, UserId},
-    httpsig::{self, DigestAlg, ParsedSignature, RequestParts, SigError},
+    httpsig::{self, DigestAlg, PREFERRED_LABEL, ParsedSignature, RequestParts, SigError},
     metrics::Metrics,
 };
 
 /// When a refused nonce (full budget, key at its cap) is worth retrying.
 const NONCE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The label verified when a request carries several signatures.
-pub const PREFERRED_LABEL: &str = "piqchat";
 /// Longest accepted `Signature-Input` / `Signature` header (all lines together).
 const MAX_SIGNATURE_HEADER_BYTES: usize = 8 * 1024;
 /// Nonces: at least 16 random bytes (22 base64url characters), at most 128.

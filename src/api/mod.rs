@@ -12,7 +12,6 @@
 mod accounts;
 pub mod auth;
 mod backups;
-pub(crate) mod codec;
 pub mod edge;
 mod exchanges;
 mod framing;

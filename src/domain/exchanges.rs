@@ -8,8 +8,7 @@ use crate::{
     store::{AcceptOutcome, Store},
 };
 
-/// The host placeholder the web app replaces with the domain a user types.
-pub const HOST_PLACEHOLDER: &str = "input_inbox_server_host";
+pub use crate::ids::HOST_PLACEHOLDER;
 /// The web app that opens invite links.
 pub const APP_URL: &str = "https://piqchat.net/";
 

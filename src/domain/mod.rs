@@ -3,8 +3,14 @@
 
 pub mod accounts;
 pub mod exchanges;
-mod ids;
 pub mod info;
 pub mod parcels;
 
-pub use ids::{AttachmentId, Caller, ExchangeToken, ParcelId, UserId};
+pub use crate::ids::{AttachmentId, ExchangeToken, ParcelId, UserId};
+
+/// Who made a request: set by the authentication layer after the signature
+/// checked out. Functions that need identity take `&Caller`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: UserId,
+}

@@ -1,12 +1,12 @@
 // Browser end-to-end test of the inbox server. Started by run.sh, which
-// installs Chromium and the npm packages, generates the protobuf code,
-// bundles src/ into dist/app.js and builds the server.
+// installs Chromium and the npm packages, builds the client package
+// (clients/web), bundles src/ with it into dist/app.js and builds the server.
 //
 // Starts two real inbox servers (the debug binary, temporary databases, push
 // off) and a static server for the client page on a third loopback port, so
 // every call is cross-origin as for the real app. Two browser contexts are
 // two users, A and B; each page holds its own Ed25519 key. Every network call
-// happens in the page (gRPC-web through @connectrpc/connect-web, or a signed
+// happens in the page through @piqchat/inbox-client (gRPC-web, or its signing
 // fetch of the JSON gateway); this script only tells the pages what to do
 // and checks what they report.
 //
@@ -241,6 +241,7 @@ async function flow() {
   await step("the page's signer reproduces docs/AUTH.md's worked example byte for byte", async () => {
     const doc = fs.readFileSync(path.join(REPO, "docs/AUTH.md"), "utf8");
     const ex = await A.page.evaluate(() => window.piq.authExample());
+    assert.equal(ex.userId, "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "the test key's user id");
     assert.ok(doc.includes(`Signature-Input: ${ex.signatureInput}\n`), `Signature-Input ${ex.signatureInput}`);
     assert.ok(doc.includes(`Signature: ${ex.signature}\n`), `Signature ${ex.signature}`);
     assert.ok(doc.includes(`\`\`\`text\n${ex.base}\n\`\`\``), `signature base:\n${ex.base}`);
@@ -266,15 +267,16 @@ async function flow() {
     fails(await call(A, "inbox1", "AccountService", "getAccount"), "PERMISSION_DENIED", "GetAccount before sign-up");
     const link = await A.page.evaluate((l) => window.piq.parseInviteLink(l), inbox1.invite);
     assert.equal(link.host, "input_inbox_server_host", "placeholder host in the invite's accept URL");
+    assert.equal(link.needsServer, true, "a sign-up invite is accepted on the user's server");
     assert.match(link.token, /^[0-9a-f-]{36}$/, "invite token is a UUID");
     const accepted = ok(
-      await call(A, "inbox1", "ExchangeService", "acceptExchange", { token: link.token, userId: A.id }, { unsigned: true }),
+      await A.page.evaluate(([n, l]) => window.piq.acceptInvite(n, l), ["inbox1", inbox1.invite]),
       "AcceptExchange of the sign-up invite",
     );
     assert.equal(accepted.signUp, "SIGN_UP_RESULT_CREATED");
     assert.equal(accepted.offer, "", "a sign-up invite has an empty offer");
     fails(
-      await call(B, "inbox1", "ExchangeService", "acceptExchange", { token: link.token, userId: B.id }, { unsigned: true }),
+      await B.page.evaluate(([n, l]) => window.piq.acceptInvite(n, l), ["inbox1", inbox1.invite]),
       "NOT_FOUND",
       "second accept of the same invite",
       /already/,
@@ -361,8 +363,19 @@ async function flow() {
     // the page must see that answer, not a network error (and Chromium must
     // not re-send the signed request by itself, which would be a replay).
     await B.page.evaluate((n) => window.piq.makeAttachment(n), 30 * 1024 * 1024);
+    // The package's checked send refuses it from GetInfo's limits, unsent.
+    fails(
+      await B.page.evaluate(
+        (a) => window.piq.sendParcelWithAttachment("inbox1", "MEDIA", [{ userId: a, content: "too large" }]),
+        A.id,
+      ),
+      "INVALID_ARGUMENT",
+      "the package's limit check",
+      /max_attachment_bytes/,
+    );
     const res = await B.page.evaluate(
-      (a) => window.piq.sendParcelWithAttachment("inbox1", "MEDIA", [{ userId: a, content: "too large" }]),
+      (a) =>
+        window.piq.sendParcelWithAttachment("inbox1", "MEDIA", [{ userId: a, content: "too large" }], { precheck: false }),
       A.id,
     );
     if (!res.error) assert.fail(`expected a refusal, got OK ${JSON.stringify(res.ok)}`);
@@ -402,16 +415,17 @@ async function flow() {
   });
 
   await step("A registers a browser-shaped push subscription through the signed JSON shim", async () => {
-    const res = await A.page.evaluate(() => window.piq.putPushSubscription("inbox1", "https://push.example.invalid/sub/1"));
-    assert.equal(res.status, 200, `PUT /v1/account/push-subscription: HTTP ${res.status} ${res.body}`);
+    ok(
+      await A.page.evaluate(() => window.piq.putPushSubscription("inbox1", "https://push.example.invalid/sub/1")),
+      "PUT /v1/account/push-subscription",
+    );
     assert.equal(ok(await call(A, "inbox1", "AccountService", "getAccount"), "GetAccount").pushSubscribed, true);
     assert.equal(ok(await call(B, "inbox1", "AccountService", "getAccount"), "B GetAccount").pushSubscribed, false);
   });
 
   await step("foreign inbox: B registers on inbox 2, then sends A a parcel on inbox 1 signed with inbox 1's tag", async () => {
-    const link = await B.page.evaluate((l) => window.piq.parseInviteLink(l), inbox2.invite);
     const accepted = ok(
-      await call(B, "inbox2", "ExchangeService", "acceptExchange", { token: link.token, userId: B.id }),
+      await B.page.evaluate(([n, l]) => window.piq.acceptInvite(n, l), ["inbox2", inbox2.invite]),
       "AcceptExchange on inbox 2",
     );
     assert.equal(accepted.signUp, "SIGN_UP_RESULT_CREATED");

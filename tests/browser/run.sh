@@ -6,8 +6,9 @@
 #
 # Installs what it needs on a machine with only the Rust toolchain and
 # Node.js 20/npm: Debian's chromium (apt-get) when /usr/bin/chromium is
-# missing, the npm packages (npm ci), the protobuf code (buf generate), the
-# bundle (esbuild) and the server's debug binary (cargo build). Set
+# missing, the client package @piqchat/inbox-client (clients/web: npm ci,
+# buf generate, tsc), this folder's npm packages (npm ci), the bundle
+# (esbuild) and the server's debug binary (cargo build). Set
 # PIQCHAT_INBOX_BIN to test another binary instead of building one.
 # On failure, screenshots and logs go to $BROWSER_TEST_ARTIFACTS (default: a
 # new folder under $TMPDIR, printed).
@@ -29,11 +30,19 @@ if [ -z "${CHROMIUM:-}" ]; then
 fi
 export CHROMIUM
 
+# The page uses the package as it is published: its built dist/.
+echo "== clients/web: npm ci, buf generate, build"
+(
+  cd "$root/clients/web"
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run -s generate
+  npm run -s build
+)
+
 echo "== npm ci"
 npm ci --no-audit --no-fund --loglevel=error
 
-echo "== buf generate, typecheck, bundle"
-npm run -s generate
+echo "== typecheck, bundle"
 npm run -s typecheck
 npm run -s build
 

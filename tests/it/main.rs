@@ -10,6 +10,7 @@ mod blobs;
 mod connections;
 mod exchanges;
 mod faults;
+mod federation_example;
 mod gateway;
 mod info;
 mod instances;

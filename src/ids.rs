@@ -1,11 +1,21 @@
 //! Identifiers parsed at the edge: once a value has one of these types it is
-//! known to be well-formed.
+//! known to be well-formed. Pure code, shared by the server and the client.
 
 use std::fmt;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::error::Error;
+/// A malformed identifier; the message says what was expected. The caller's
+/// INVALID_ARGUMENT wherever it reaches the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidId(String);
+
+impl From<InvalidId> for tonic::Status {
+    fn from(e: InvalidId) -> Self {
+        tonic::Status::invalid_argument(e.0)
+    }
+}
 
 /// A user: the 32 bytes of their Ed25519 public key. Text form: unpadded
 /// base64url, 43 characters.
@@ -13,9 +23,9 @@ use crate::error::Error;
 pub struct UserId([u8; 32]);
 
 impl UserId {
-    pub fn parse(text: &str) -> Result<Self, Error> {
+    pub fn parse(text: &str) -> Result<Self, InvalidId> {
         let invalid = || {
-            Error::InvalidArgument(
+            InvalidId(
                 "invalid user id: expected 43 characters of unpadded base64url (a 32-byte Ed25519 public key)".into(),
             )
         };
@@ -79,13 +89,13 @@ macro_rules! uuid_id {
                 $name(uuid::Uuid::new_v4())
             }
 
-            pub fn parse(text: &str) -> Result<Self, Error> {
+            pub fn parse(text: &str) -> Result<Self, InvalidId> {
                 uuid::Uuid::try_parse(text)
                     .ok()
                     .filter(|u| u.get_version_num() == 4)
                     .map($name)
                     .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
+                        InvalidId(format!(
                             concat!("invalid ", $what, ": expected a UUID like {}"),
                             "3f2b8c1e-5d4a-4b7e-9c2d-1a2b3c4d5e6f"
                         ))
@@ -113,6 +123,10 @@ macro_rules! uuid_id {
     };
 }
 
+/// The host in a sign-up invite's accept URL that stands for "the user's
+/// server": the web app replaces it with the domain a user types.
+pub const HOST_PLACEHOLDER: &str = "input_inbox_server_host";
+
 uuid_id!(
     /// The one-time credential of a contact exchange.
     ExchangeToken,
@@ -128,13 +142,6 @@ uuid_id!(
     AttachmentId,
     "attachment id"
 );
-
-/// Who made a request: set by the authentication layer after the signature
-/// checked out. Functions that need identity take `&Caller`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub user_id: UserId,
-}
 
 #[cfg(test)]
 mod tests {

@@ -12,13 +12,13 @@ use piqchat_inbox::{
     config::Config,
     domain::{ExchangeToken, UserId, exchanges},
     pb,
-    store::Store,
+    store::{DatabaseTarget, PgTarget, Store},
 };
 
 use crate::protocols::{
     Call, EXCHANGES_CREATE, INFO_GET, Op, PARCELS_DOWNLOAD, PARCELS_LIST, PARCELS_SEND,
 };
-use crate::{RunArgs, Scenario};
+use crate::{RunArgs, Scenario, is_local_host};
 
 /// The server under test and a registered user who invites the others.
 pub(crate) struct Server {
@@ -42,6 +42,20 @@ pub(crate) fn token_of_link(link: &str) -> anyhow::Result<ExchangeToken> {
         .get(at..at + 36)
         .context("the invite's token is cut short")?;
     ExchangeToken::parse(token).map_err(|e| anyhow::anyhow!("invite token: {e}"))
+}
+
+/// --database as the project's store names it: a postgres:// URL (loopback
+/// only, like the servers) or a SQLite file.
+pub(crate) fn database_target(arg: &str) -> anyhow::Result<DatabaseTarget> {
+    if !(arg.starts_with("postgres://") || arg.starts_with("postgresql://")) {
+        return Ok(DatabaseTarget::Sqlite(arg.into()));
+    }
+    let target = PgTarget::parse(arg).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let host = target.connect_options().get_host().to_owned();
+    if !is_local_host(&host) {
+        bail!("--database must be a PostgreSQL server on this machine (loopback or a Unix socket), not {host:?}");
+    }
+    Ok(DatabaseTarget::Postgres(Box::new(target)))
 }
 
 impl Server {
@@ -91,10 +105,15 @@ impl Server {
         let token = match (&args.invite, &args.database) {
             (Some(link), _) => token_of_link(link)?,
             (None, Some(db)) => {
-                let store = Store::open(db)
+                let target = database_target(db)?;
+                // One connection is plenty for one insert.
+                let store = Store::connect(&target, 1)
                     .await
-                    .with_context(|| format!("opening {}", db.display()))?;
-                let dir = db.parent().unwrap_or(Path::new("."));
+                    .with_context(|| format!("opening the database {target:?}"))?;
+                let dir = match &target {
+                    DatabaseTarget::Sqlite(path) => path.parent().unwrap_or(Path::new(".")),
+                    DatabaseTarget::Postgres(_) => Path::new("."),
+                };
                 let link = exchanges::create_sign_up_invite(
                     &store,
                     &Config::for_dir(dir),
@@ -105,7 +124,7 @@ impl Server {
                 token_of_link(&link)?
             }
             (None, None) => bail!(
-                "this scenario registers users: give --invite <link> (from `piqchat-inbox invite`) or --database <the server's database>"
+                "this scenario registers users: give --invite <link> (from `piqchat-inbox invite`) or --database <the server's SQLite file or postgres:// URL>"
             ),
         };
         let key = UserKey::generate();

@@ -137,7 +137,8 @@ trap cleanup EXIT
 start_server() {
     local dir=$1 database_url=${2:-} log=$1/${3:-server.log}
     local database=(DATABASE_PATH="$dir/inbox.sqlite")
-    [[ -z "$database_url" ]] || database=(DATABASE_URL="$database_url")
+    # Instances of one cluster cannot share the default metrics port.
+    [[ -z "$database_url" ]] || database=(DATABASE_URL="$database_url" METRICS_ADDRESS=127.0.0.1:0)
     mkdir -p "$dir"
     (
         cd "$dir"

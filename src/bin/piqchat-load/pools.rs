@@ -53,7 +53,9 @@ pub(crate) fn database_target(arg: &str) -> anyhow::Result<DatabaseTarget> {
     let target = PgTarget::parse(arg).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
     let host = target.connect_options().get_host().to_owned();
     if !is_local_host(&host) {
-        bail!("--database must be a PostgreSQL server on this machine (loopback or a Unix socket), not {host:?}");
+        bail!(
+            "--database must be a PostgreSQL server on this machine (loopback or a Unix socket), not {host:?}"
+        );
     }
     Ok(DatabaseTarget::Postgres(Box::new(target)))
 }

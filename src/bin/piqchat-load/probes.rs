@@ -84,10 +84,7 @@ impl CpuMark {
         CpuMark {
             client: proc_cpu_s("self").unwrap_or(0.0),
             machine: machine_cpu_s().unwrap_or(0.0),
-            server: pids
-                .iter()
-                .filter_map(|p| proc_cpu_s(&p.to_string()))
-                .sum(),
+            server: pids.iter().filter_map(|p| proc_cpu_s(&p.to_string())).sum(),
         }
     }
 }

@@ -448,3 +448,58 @@ pub(crate) async fn setup(
         Scenario::UnderAttack => bail!("under-attack has a setup of its own"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::Cli;
+
+    #[test]
+    fn database_targets_are_local_only() {
+        assert!(matches!(
+            database_target("/tmp/b/inbox.sqlite").unwrap(),
+            DatabaseTarget::Sqlite(p) if p == Path::new("/tmp/b/inbox.sqlite")
+        ));
+        for local in [
+            "postgres://postgres@127.0.0.1:55432/bench",
+            "postgresql://u:secret@localhost/bench",
+            "postgres://u@[::1]:5432/bench",
+        ] {
+            let target = database_target(local).unwrap();
+            assert!(matches!(target, DatabaseTarget::Postgres(_)), "{local}");
+        }
+        let remote = database_target("postgres://u:secret@db.example.com/bench")
+            .unwrap_err()
+            .to_string();
+        assert!(remote.contains("this machine"), "{remote}");
+        assert!(!remote.contains("secret"), "{remote}");
+        let bad = database_target("postgres://u@127.0.0.1:notaport/bench").unwrap_err();
+        assert!(bad.to_string().starts_with("--database:"), "{bad}");
+    }
+
+    #[test]
+    fn also_urls_follow_url_and_must_be_loopback() {
+        let cli = Cli::try_parse_from([
+            "piqchat-load",
+            "--url",
+            "http://127.0.0.1:8080/",
+            "--also-url",
+            "http://127.0.0.1:8081",
+            "--server-pid",
+            "10",
+            "--server-pid",
+            "11",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.run.urls().unwrap(),
+            ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]
+        );
+        assert_eq!(cli.run.server_pid, [10, 11]);
+        let cli =
+            Cli::try_parse_from(["piqchat-load", "--also-url", "http://192.0.2.1:8080"]).unwrap();
+        assert!(cli.run.urls().is_err());
+    }
+}

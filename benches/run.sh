@@ -25,6 +25,7 @@
 #   ATTACK_ARGS="--slow-uploads 100 ..."    further piqchat-load options for under-attack
 #   SERVER_NOFILE=1024                      the server's open-file limit (default: inherited)
 #   ALL_PROTOCOLS=1                         every scenario over all three protocols
+#   PROTOCOLS="grpc"                        every scenario over just these protocols
 #   BIG_PARCELS=1000000                     size of the seeded database
 #   COLDSTART_RUNS=20                       cold start runs
 #   OUT=bench-results/<time>                where results go
@@ -32,6 +33,18 @@
 #   MICRO=1                                 also run the criterion micro-benchmarks
 #   CARGO_TARGET_DIR                        as for cargo
 #   RATE_LIMITS=off                         the server's rate limits (off by default here)
+#   BACKENDS="sqlite"                       what the server stores in, each scenario once per entry:
+#                                           sqlite (its own file), postgres (a fresh database per
+#                                           scenario on BENCH_DATABASE_URL), postgres-2 (two
+#                                           instances on one fresh database and one attachment
+#                                           folder; the connections alternate between them and
+#                                           their CPU is summed). list-big / info-big are seeded
+#                                           in SQLite and run on sqlite only; under-attack does
+#                                           not run on postgres-2 (it drives one server).
+#   BENCH_DATABASE_URL=postgres://...       PostgreSQL admin URL for postgres / postgres-2 (a
+#                                           loopback server; needs CREATE DATABASE; psql must be
+#                                           installed). Every scenario gets its own database
+#                                           piqchat_bench_*, dropped afterwards (kept with KEEP=1).
 # The server runs with its defaults (plus BIND_ADDRESS=127.0.0.1 and a free
 # port); anything else in the environment that the server reads (RUST_LOG,
 # MAX_..., ...) is passed through unchanged.
@@ -50,6 +63,23 @@ TARGET=${CARGO_TARGET_DIR:-target}
 # limit meant for people; RATE_LIMITS=on (or single RATE_LIMIT_* values)
 # measures with them.
 export RATE_LIMITS=${RATE_LIMITS:-off}
+BACKENDS=${BACKENDS:-sqlite}
+for backend in $BACKENDS; do
+    case $backend in
+        sqlite) ;;
+        postgres | postgres-2)
+            if [[ -z "${BENCH_DATABASE_URL:-}" ]]; then
+                echo "BACKENDS=$BACKENDS needs BENCH_DATABASE_URL (a PostgreSQL admin URL, e.g. postgres://postgres@127.0.0.1:5432/postgres)" >&2
+                exit 1
+            fi
+            command -v psql >/dev/null || { echo "the postgres backends need psql (to create the databases)" >&2; exit 1; }
+            ;;
+        *)
+            echo "unknown backend $backend in BACKENDS: use sqlite, postgres or postgres-2" >&2
+            exit 1
+            ;;
+    esac
+done
 
 echo "== building (release)"
 cargo build --release --bins
@@ -60,16 +90,38 @@ OUT=$(realpath "$OUT")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/piqchat-bench.XXXXXX")
 LABEL=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-SERVER_PID=
+SERVER_PIDS=()
+URLS=()
 stop_server() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    SERVER_PIDS=()
+    URLS=()
+}
+PG_DATABASES=()
+# pg_url DB: BENCH_DATABASE_URL with its database replaced by DB.
+pg_url() {
+    local url=${BENCH_DATABASE_URL%%\?*} query=
+    [[ "$BENCH_DATABASE_URL" != *\?* ]] || query="?${BENCH_DATABASE_URL#*\?}"
+    local rest=${url#*://}
+    echo "${url%%://*}://${rest%%/*}/$1$query"
+}
+drop_database() {
+    psql "$BENCH_DATABASE_URL" -qX -v ON_ERROR_STOP=1 \
+        -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null || echo "!! could not drop database $1"
 }
 cleanup() {
     stop_server
+    if [[ "${KEEP:-}" != 1 ]]; then
+        for db in "${PG_DATABASES[@]}"; do
+            drop_database "$db"
+        done
+    fi
     if [[ "${KEEP:-}" == 1 ]]; then
         echo "kept $WORK"
     else
@@ -78,36 +130,42 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server DIR: starts the server on DIR/inbox.sqlite on a free loopback
-# port; sets SERVER_PID and URL.
+# start_server DIR [DATABASE_URL [LOG]]: starts a server on a free loopback
+# port, on DIR/inbox.sqlite or on DATABASE_URL when given, with attachments
+# in DIR/attachments and its log in DIR/LOG (server.log); appends to
+# SERVER_PIDS and URLS.
 start_server() {
-    local dir=$1
+    local dir=$1 database_url=${2:-} log=$1/${3:-server.log}
+    local database=(DATABASE_PATH="$dir/inbox.sqlite")
+    # Instances of one cluster cannot share the default metrics port.
+    [[ -z "$database_url" ]] || database=(DATABASE_URL="$database_url" METRICS_ADDRESS=127.0.0.1:0)
     mkdir -p "$dir"
     (
         cd "$dir"
         if [[ -n "${SERVER_NOFILE:-}" ]]; then
             ulimit -n "$SERVER_NOFILE"
         fi
-        exec env DATABASE_PATH="$dir/inbox.sqlite" \
+        exec env "${database[@]}" \
             PARCEL_ATTACHMENTS_UPLOAD_PATH="$dir/attachments" \
             BIND_ADDRESS=127.0.0.1 PORT=0 \
-            "$SERVER" serve >"$dir/server.log" 2>&1
+            "$SERVER" serve >"$log" 2>&1
     ) &
-    SERVER_PID=$!
+    local pid=$!
+    SERVER_PIDS+=("$pid")
     local addr=
     for _ in $(seq 1 300); do
-        addr=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/server.log" 2>/dev/null |
+        addr=$(sed 's/\x1b\[[0-9;]*m//g' "$log" 2>/dev/null |
             grep -o 'addr=127\.0\.0\.1:[0-9]*' | head -1 | cut -d= -f2 || true)
         [[ -n "$addr" ]] && break
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            cat "$dir/server.log" >&2
+        if ! kill -0 "$pid" 2>/dev/null; then
+            cat "$log" >&2
             echo "the server did not start" >&2
             exit 1
         fi
         sleep 0.05
     done
     [[ -n "$addr" ]] || { echo "the server did not report its address" >&2; exit 1; }
-    URL="http://$addr"
+    URLS+=("http://$addr")
 }
 
 echo "== machine"
@@ -118,6 +176,7 @@ echo "== machine"
     echo "kernel: $(uname -r)"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "load: duration $DURATION, warm-up $WARMUP, $CONCURRENCY connections"
+    echo "backends: $BACKENDS"
 } | tee "$OUT/machine.txt"
 
 echo "== disk fsync rate"
@@ -150,6 +209,10 @@ echo "== cold start and idle RSS"
     --json "$OUT/coldstart.json"
 
 protocols_for() {
+    if [[ -n "${PROTOCOLS:-}" ]]; then
+        echo "$PROTOCOLS"
+        return
+    fi
     if [[ "${ALL_PROTOCOLS:-}" == 1 ]]; then
         echo "grpc grpc-web json"
         return
@@ -163,40 +226,79 @@ protocols_for() {
 seeded=
 for scenario in $SCENARIOS; do
     for protocol in $(protocols_for "$scenario"); do
-        case $scenario in
-            list-big | info-big)
-                dir=$WORK/big
-                if [[ -z "$seeded" ]]; then
-                    echo "== seeding $BIG_PARCELS parcels (server stopped)"
-                    mkdir -p "$dir"
-                    "$LOAD" seed --database "$dir/inbox.sqlite" --parcels "$BIG_PARCELS" \
-                        --json "$OUT/seed.json"
-                    seeded=1
-                fi
-                ;;
-            *)
-                dir=$WORK/$scenario-$protocol
-                ;;
-        esac
-        extra=()
-        if [[ "$scenario" == under-attack ]]; then
-            # shellcheck disable=SC2206 # options are split on purpose
-            extra=(${ATTACK_ARGS:-})
-        fi
-        echo "== $scenario over $protocol"
-        start_server "$dir"
-        (
-            # The attacker of under-attack holds about 2,600 connections.
-            [[ "$scenario" != under-attack ]] || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-            exec "$LOAD" run --url "$URL" --database "$dir/inbox.sqlite" \
-                --scenario "$scenario" --protocol "$protocol" \
-                --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
-                --server-pid "$SERVER_PID" --label "$LABEL" \
-                --json "$OUT/run-$scenario-$protocol.json" "${extra[@]}"
-        ) || echo "!! $scenario over $protocol failed"
-        stop_server
-        # Attachments of the send scenarios are not needed any more.
-        [[ "$dir" == "$WORK/big" ]] || rm -rf "$dir"
+        for backend in $BACKENDS; do
+            if [[ "$backend" != sqlite && ( "$scenario" == list-big || "$scenario" == info-big ) ]]; then
+                echo "== $scenario over $protocol on $backend: skipped (the seeded database is SQLite)"
+                continue
+            fi
+            if [[ "$backend" == postgres-2 && "$scenario" == under-attack ]]; then
+                echo "== $scenario on $backend: skipped (under-attack drives one server)"
+                continue
+            fi
+            case $scenario in
+                list-big | info-big)
+                    dir=$WORK/big
+                    if [[ -z "$seeded" ]]; then
+                        echo "== seeding $BIG_PARCELS parcels (server stopped)"
+                        mkdir -p "$dir"
+                        "$LOAD" seed --database "$dir/inbox.sqlite" --parcels "$BIG_PARCELS" \
+                            --json "$OUT/seed.json"
+                        seeded=1
+                    fi
+                    ;;
+                *)
+                    dir=$WORK/$scenario-$protocol
+                    ;;
+            esac
+            # SQLite results keep the names they always had.
+            name=$scenario-$protocol
+            database=$dir/inbox.sqlite
+            if [[ "$backend" != sqlite ]]; then
+                name=$scenario-$protocol-$backend
+                dir=$WORK/$name
+                db=piqchat_bench_$$_${name//-/_}
+                psql "$BENCH_DATABASE_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null
+                PG_DATABASES+=("$db")
+                database=$(pg_url "$db")
+            fi
+            extra=()
+            if [[ "$scenario" == under-attack ]]; then
+                # shellcheck disable=SC2206 # options are split on purpose
+                extra=(${ATTACK_ARGS:-})
+            fi
+            echo "== $scenario over $protocol on $backend"
+            case $backend in
+                sqlite) start_server "$dir" ;;
+                postgres) start_server "$dir" "$database" ;;
+                postgres-2)
+                    start_server "$dir" "$database" server-1.log
+                    start_server "$dir" "$database" server-2.log
+                    ;;
+            esac
+            targets=(--url "${URLS[0]}")
+            for url in "${URLS[@]:1}"; do
+                targets+=(--also-url "$url")
+            done
+            for pid in "${SERVER_PIDS[@]}"; do
+                targets+=(--server-pid "$pid")
+            done
+            (
+                # The attacker of under-attack holds about 2,600 connections.
+                [[ "$scenario" != under-attack ]] || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+                exec "$LOAD" run "${targets[@]}" --database "$database" \
+                    --scenario "$scenario" --protocol "$protocol" \
+                    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
+                    --label "$LABEL" --backend "$backend" \
+                    --json "$OUT/run-$name.json" "${extra[@]}"
+            ) || echo "!! $scenario over $protocol on $backend failed"
+            stop_server
+            # Attachments of the send scenarios are not needed any more.
+            [[ "$dir" == "$WORK/big" ]] || rm -rf "$dir"
+            if [[ "$backend" != sqlite && "${KEEP:-}" != 1 ]]; then
+                drop_database "$db"
+                unset 'PG_DATABASES[-1]'
+            fi
+        done
     done
 done
 

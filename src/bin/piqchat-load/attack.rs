@@ -156,6 +156,9 @@ impl Phase {
 pub(crate) struct AttackResult {
     pub(crate) kind: String,
     pub(crate) label: Option<String>,
+    /// What the server stored in (--backend).
+    #[serde(default)]
+    pub(crate) backend: Option<String>,
     pub(crate) url: String,
     /// Protocol of the legitimate calls; the floods use gRPC, the slow
     /// uploads and idle connections HTTP/1.1.
@@ -264,6 +267,9 @@ pub(crate) fn under_attack_main(args: RunArgs) -> anyhow::Result<()> {
     }
     if args.concurrency == 0 || a.attack_connections == 0 || a.attack_nonces_per_key == 0 {
         bail!("--concurrency, --attack-connections and --attack-nonces-per-key must be at least 1");
+    }
+    if !args.also_url.is_empty() {
+        bail!("under-attack drives one server: drop --also-url");
     }
     let uri = check_loopback(&args.url)?;
     let target = ipv4_target(&uri)?;
@@ -409,6 +415,7 @@ pub(crate) async fn under_attack(
     Ok(AttackResult {
         kind: UNDER_ATTACK.into(),
         label: args.label.clone(),
+        backend: args.backend.clone(),
         url: base,
         protocol: args.protocol,
         attack_from: a.attack_from.iter().map(ToString::to_string).collect(),
@@ -513,7 +520,7 @@ pub(crate) async fn run_phase(
         deadline,
     };
     let attack = attack_rt.spawn(run_attack(plan, stop_rx));
-    let sampler = spawn_sampler(args.server_pid, measure_from, end);
+    let sampler = spawn_sampler(args.server_pid.clone(), measure_from, end);
 
     let window = (measure_from, end);
     let (list, send) = tokio::join!(

@@ -69,6 +69,11 @@ use seed::retention;
 ///   piqchat-load --url http://127.0.0.1:8080 --database data/inbox.sqlite \
 ///     --scenario list --protocol grpc --concurrency 64 --duration 10s \
 ///     --warmup 2s --server-pid $PID --json list-grpc.json
+///
+/// Two instances on one PostgreSQL database, connections spread over both:
+///   piqchat-load --url http://127.0.0.1:8080 --also-url http://127.0.0.1:8081 \
+///     --database postgres://postgres@127.0.0.1:5432/inbox --scenario list \
+///     --server-pid $PID1 --server-pid $PID2 --backend postgres-2
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub(crate) struct Cli {
@@ -108,9 +113,14 @@ pub(crate) enum Cmd {
 
 #[derive(Args, Clone)]
 pub(crate) struct RunArgs {
-    /// Server base URL (loopback only).
+    /// Server base URL (loopback only); setup goes through it.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub(crate) url: String,
+    /// Another server of the same cluster (one database), repeatable: the
+    /// timed connections are spread over --url and these, connection i on
+    /// URL i mod n.
+    #[arg(long = "also-url", value_name = "URL")]
+    pub(crate) also_url: Vec<String>,
     /// Which workload to run.
     #[arg(long, value_enum)]
     pub(crate) scenario: Option<Scenario>,
@@ -129,13 +139,20 @@ pub(crate) struct RunArgs {
     /// A sign-up invite link (or accept URL) for the setup's first user.
     #[arg(long)]
     pub(crate) invite: Option<String>,
-    /// The server's database: sign-up invites are created in it directly
-    /// (SQLite WAL allows this beside the running server).
+    /// The server's database, in which sign-up invites are created
+    /// directly: its SQLite file (WAL allows this beside the running
+    /// server) or its postgres:// URL (loopback only).
+    #[arg(long, value_name = "FILE|URL")]
+    pub(crate) database: Option<String>,
+    /// PID of the server, to sample its RSS and CPU time during the run;
+    /// repeat it for every instance of a cluster (their CPU times and RSS
+    /// are summed).
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub(crate) server_pid: Vec<u32>,
+    /// What the server stores in (e.g. sqlite, postgres, postgres-2): kept
+    /// in the result and shown in the report.
     #[arg(long)]
-    pub(crate) database: Option<PathBuf>,
-    /// PID of the server, to sample its RSS and CPU time during the run.
-    #[arg(long)]
-    pub(crate) server_pid: Option<u32>,
+    pub(crate) backend: Option<String>,
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
@@ -369,6 +386,28 @@ pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
+impl RunArgs {
+    /// Every server URL, --url first, each checked to be loopback and
+    /// without a trailing slash.
+    pub(crate) fn urls(&self) -> anyhow::Result<Vec<String>> {
+        std::iter::once(&self.url)
+            .chain(&self.also_url)
+            .map(|url| {
+                check_loopback(url)?;
+                Ok(url.trim_end_matches('/').to_owned())
+            })
+            .collect()
+    }
+}
+
+/// Whether `host` names this machine (a Unix socket folder counts).
+pub(crate) fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.starts_with('/')
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Refuses anything but loopback targets.
 pub(crate) fn check_loopback(url: &str) -> anyhow::Result<Uri> {
     let uri: Uri = url.parse().context("--url is not a URL")?;
@@ -376,9 +415,7 @@ pub(crate) fn check_loopback(url: &str) -> anyhow::Result<Uri> {
         bail!("--url must be http://… (plain HTTP/2 and HTTP/1.1 on loopback)");
     }
     let host = uri.host().unwrap_or("");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
+    if host.starts_with('/') || !is_local_host(host) {
         bail!("--url must point at this machine (127.0.0.0/8, ::1 or localhost), not {host:?}");
     }
     Ok(uri)

@@ -12,13 +12,13 @@ use piqchat_inbox::{
     config::Config,
     domain::{ExchangeToken, UserId, exchanges},
     pb,
-    store::Store,
+    store::{DatabaseTarget, PgTarget, Store},
 };
 
 use crate::protocols::{
     Call, EXCHANGES_CREATE, INFO_GET, Op, PARCELS_DOWNLOAD, PARCELS_LIST, PARCELS_SEND,
 };
-use crate::{RunArgs, Scenario};
+use crate::{RunArgs, Scenario, is_local_host};
 
 /// The server under test and a registered user who invites the others.
 pub(crate) struct Server {
@@ -42,6 +42,22 @@ pub(crate) fn token_of_link(link: &str) -> anyhow::Result<ExchangeToken> {
         .get(at..at + 36)
         .context("the invite's token is cut short")?;
     ExchangeToken::parse(token).map_err(|e| anyhow::anyhow!("invite token: {e}"))
+}
+
+/// --database as the project's store names it: a postgres:// URL (loopback
+/// only, like the servers) or a SQLite file.
+pub(crate) fn database_target(arg: &str) -> anyhow::Result<DatabaseTarget> {
+    if !(arg.starts_with("postgres://") || arg.starts_with("postgresql://")) {
+        return Ok(DatabaseTarget::Sqlite(arg.into()));
+    }
+    let target = PgTarget::parse(arg).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    let host = target.connect_options().get_host().to_owned();
+    if !is_local_host(&host) {
+        bail!(
+            "--database must be a PostgreSQL server on this machine (loopback or a Unix socket), not {host:?}"
+        );
+    }
+    Ok(DatabaseTarget::Postgres(Box::new(target)))
 }
 
 impl Server {
@@ -91,10 +107,15 @@ impl Server {
         let token = match (&args.invite, &args.database) {
             (Some(link), _) => token_of_link(link)?,
             (None, Some(db)) => {
-                let store = Store::open(db)
+                let target = database_target(db)?;
+                // One connection is plenty for one insert.
+                let store = Store::connect(&target, 1)
                     .await
-                    .with_context(|| format!("opening {}", db.display()))?;
-                let dir = db.parent().unwrap_or(Path::new("."));
+                    .with_context(|| format!("opening the database {target:?}"))?;
+                let dir = match &target {
+                    DatabaseTarget::Sqlite(path) => path.parent().unwrap_or(Path::new(".")),
+                    DatabaseTarget::Postgres(_) => Path::new("."),
+                };
                 let link = exchanges::create_sign_up_invite(
                     &store,
                     &Config::for_dir(dir),
@@ -105,7 +126,7 @@ impl Server {
                 token_of_link(&link)?
             }
             (None, None) => bail!(
-                "this scenario registers users: give --invite <link> (from `piqchat-inbox invite`) or --database <the server's database>"
+                "this scenario registers users: give --invite <link> (from `piqchat-inbox invite`) or --database <the server's SQLite file or postgres:// URL>"
             ),
         };
         let key = UserKey::generate();
@@ -425,5 +446,60 @@ pub(crate) async fn setup(
             Ok(ops)
         }
         Scenario::UnderAttack => bail!("under-attack has a setup of its own"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::Cli;
+
+    #[test]
+    fn database_targets_are_local_only() {
+        assert!(matches!(
+            database_target("/tmp/b/inbox.sqlite").unwrap(),
+            DatabaseTarget::Sqlite(p) if p == Path::new("/tmp/b/inbox.sqlite")
+        ));
+        for local in [
+            "postgres://postgres@127.0.0.1:55432/bench",
+            "postgresql://u:secret@localhost/bench",
+            "postgres://u@[::1]:5432/bench",
+        ] {
+            let target = database_target(local).unwrap();
+            assert!(matches!(target, DatabaseTarget::Postgres(_)), "{local}");
+        }
+        let remote = database_target("postgres://u:secret@db.example.com/bench")
+            .unwrap_err()
+            .to_string();
+        assert!(remote.contains("this machine"), "{remote}");
+        assert!(!remote.contains("secret"), "{remote}");
+        let bad = database_target("postgres://u@127.0.0.1:notaport/bench").unwrap_err();
+        assert!(bad.to_string().starts_with("--database:"), "{bad}");
+    }
+
+    #[test]
+    fn also_urls_follow_url_and_must_be_loopback() {
+        let cli = Cli::try_parse_from([
+            "piqchat-load",
+            "--url",
+            "http://127.0.0.1:8080/",
+            "--also-url",
+            "http://127.0.0.1:8081",
+            "--server-pid",
+            "10",
+            "--server-pid",
+            "11",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.run.urls().unwrap(),
+            ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]
+        );
+        assert_eq!(cli.run.server_pid, [10, 11]);
+        let cli =
+            Cli::try_parse_from(["piqchat-load", "--also-url", "http://192.0.2.1:8080"]).unwrap();
+        assert!(cli.run.urls().is_err());
     }
 }

@@ -79,25 +79,41 @@ pub(crate) struct CpuMark {
 }
 
 impl CpuMark {
-    pub(crate) fn now(pid: Option<u32>) -> Self {
+    /// CPU times now; `server` sums those of every PID in `pids`.
+    pub(crate) fn now(pids: &[u32]) -> Self {
         CpuMark {
             client: proc_cpu_s("self").unwrap_or(0.0),
             machine: machine_cpu_s().unwrap_or(0.0),
-            server: pid.and_then(|p| proc_cpu_s(&p.to_string())).unwrap_or(0.0),
+            server: pids.iter().filter_map(|p| proc_cpu_s(&p.to_string())).sum(),
         }
     }
 }
 
-/// Samples the server's RSS every 100 ms from now to `end`, and CPU times
-/// exactly at the start and end of the timed phase.
+/// `field` of /proc/PID/status summed over `pids` (KiB); `None` when no
+/// process could be read.
+pub(crate) fn status_sum_kib(pids: &[u32], field: &str) -> Option<u64> {
+    pids.iter()
+        .filter_map(|&p| proc_status_kib(p, field))
+        .reduce(|a, b| a + b)
+}
+
+/// Samples the servers' RSS every 100 ms from now to `end`, and CPU times
+/// exactly at the start and end of the timed phase. Several PIDs (the
+/// instances of one cluster) are measured as one server: CPU times and RSS
+/// are summed.
 pub(crate) fn spawn_sampler(
-    pid: Option<u32>,
+    pids: Vec<u32>,
     measure_from: Instant,
     end: Instant,
 ) -> tokio::task::JoinHandle<CpuSample> {
     tokio::spawn(async move {
-        let mut server = pid.map(|pid| ServerSample {
+        let mut server = pids.first().map(|&pid| ServerSample {
             pid,
+            pids: if pids.len() > 1 {
+                pids.clone()
+            } else {
+                Vec::new()
+            },
             ..ServerSample::default()
         });
         let mut start_mark: Option<(CpuMark, f64)> = None;
@@ -105,14 +121,14 @@ pub(crate) fn spawn_sampler(
         loop {
             let now = Instant::now();
             if start_mark.is_none() && now >= measure_from {
-                start_mark = Some((CpuMark::now(pid), loadavg()));
+                start_mark = Some((CpuMark::now(&pids), loadavg()));
                 if let Some(s) = server.as_mut() {
-                    s.start_rss_kib = proc_status_kib(s.pid, "VmRSS").unwrap_or(0);
+                    s.start_rss_kib = status_sum_kib(&pids, "VmRSS").unwrap_or(0);
                 }
             }
             if now >= next_rss {
                 if let Some(s) = server.as_mut()
-                    && let Some(rss) = proc_status_kib(s.pid, "VmRSS")
+                    && let Some(rss) = status_sum_kib(&pids, "VmRSS")
                 {
                     s.peak_rss_kib = s.peak_rss_kib.max(rss);
                 }
@@ -127,12 +143,12 @@ pub(crate) fn spawn_sampler(
             }
             tokio::time::sleep_until(wake.into()).await;
         }
-        let stop = CpuMark::now(pid);
+        let stop = CpuMark::now(&pids);
         let (start, loadavg_start) = start_mark.unwrap_or((stop, 0.0));
         if let Some(s) = server.as_mut() {
             s.cpu_s = stop.server - start.server;
-            s.vm_hwm_kib = proc_status_kib(s.pid, "VmHWM").unwrap_or(0);
-            if let Some(rss) = proc_status_kib(s.pid, "VmRSS") {
+            s.vm_hwm_kib = status_sum_kib(&pids, "VmHWM").unwrap_or(0);
+            if let Some(rss) = status_sum_kib(&pids, "VmRSS") {
                 s.peak_rss_kib = s.peak_rss_kib.max(rss);
             }
         }

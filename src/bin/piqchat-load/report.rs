@@ -27,6 +27,11 @@ impl RunResult {
         })
     }
 
+    /// The backend as a table cell ("-" when not given).
+    pub(crate) fn backend_name(&self) -> &str {
+        self.backend.as_deref().unwrap_or("-")
+    }
+
     /// Errors by status as `<status><kv><count>` joined by `sep`; `None`
     /// when there were none.
     pub(crate) fn errors_text(&self, kv: &str, sep: &str) -> Option<String> {
@@ -42,9 +47,10 @@ impl RunResult {
 
 pub(crate) fn print_table(results: &[RunResult]) {
     println!(
-        "{:<12} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  errors",
+        "{:<12} {:<8} {:<10} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  errors",
         "scenario",
         "protocol",
+        "backend",
         "conns",
         "ops/s",
         "p50 ms",
@@ -64,9 +70,10 @@ pub(crate) fn print_table(results: &[RunResult]) {
             .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
         let errors = r.errors_text("=", " ").unwrap_or_else(|| "-".into());
         println!(
-            "{:<12} {:<8} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>9} {:>9} {:>8} {:>8}  {}",
+            "{:<12} {:<8} {:<10} {:>5} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>9} {:>9} {:>9} {:>8} {:>8}  {}",
             r.scenario.name(),
             r.protocol.name(),
+            r.backend_name(),
             r.concurrency,
             r.throughput_ops_s,
             r.latency.p50_ms,
@@ -111,7 +118,18 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
             others.push(value);
         }
     }
-    runs.sort_by_key(|r| (r.scenario, r.protocol));
+    // Backends of one scenario side by side, SQLite (the default) first.
+    runs.sort_by(|a, b| {
+        let key = |r: &RunResult| {
+            (
+                r.scenario,
+                r.protocol,
+                r.backend.as_deref().is_some_and(|b| b != "sqlite"),
+                r.backend.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
     if !runs.is_empty() {
         print_table(&runs);
     }
@@ -167,9 +185,9 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
         md.push('\n');
     }
     if !runs.is_empty() {
-        md.push_str("| scenario | protocol | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server cores | server CPU µs/call | generator CPU | other CPU | ceiling ops/s | of ceiling | errors |\n");
+        md.push_str("| scenario | protocol | backend | conns | ops/s | p50 ms | p90 ms | p99 ms | max ms | MiB/s | server peak RSS MiB | server cores | server CPU µs/call | generator CPU | other CPU | ceiling ops/s | of ceiling | errors |\n");
         md.push_str(
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         );
         for r in &runs {
             let (ceiling, fraction) = match (is_hello(r), ceilings.of(r)) {
@@ -189,9 +207,10 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| ("-".into(), "-".into(), "-".into()));
             let errors = r.errors_text(": ", ", ").unwrap_or_else(|| "0".into());
             md.push_str(&format!(
-                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 scenario,
                 r.protocol.name(),
+                r.backend_name(),
                 r.concurrency,
                 r.throughput_ops_s,
                 r.latency.p50_ms,
@@ -210,7 +229,7 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<()> {
             ));
         }
         md.push_str(
-            "\nServer cores: CPU seconds per second of the timed phase; µs/call: the server's CPU time per call (an accept operation is two calls). Generator and other CPU: percent of one core; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept). Ceiling: measured in the same run — `hello` (a minimal hyper server answering each protocol's smallest reply), `verify` (Ed25519 verifications per second on every core, for signed calls), `fsync ×8` (100 KiB files stored durably per second by 8 writers, for sends); per operation, so accept's is half the per-call rate.\n",
+            "\nServer cores: CPU seconds per second of the timed phase; µs/call: the server's CPU time per call (an accept operation is two calls). Backend: what the server stored in (postgres-2: two instances on one PostgreSQL database, the connections spread over both, their CPU and RSS summed). Generator and other CPU: percent of one core; \"other\" is the rest of the machine (other processes on a shared host). Latency is per operation (accept: create + accept). Ceiling: measured in the same run — `hello` (a minimal hyper server answering each protocol's smallest reply), `verify` (Ed25519 verifications per second on every core, for signed calls), `fsync ×8` (100 KiB files stored durably per second by 8 writers, for sends); per operation, so accept's is half the per-call rate.\n",
         );
     }
     for a in &attacks {

@@ -18,7 +18,7 @@ use crate::pools::{Server, setup};
 use crate::probes::spawn_sampler;
 use crate::protocols::{CallErr, Conn, Op, Worker, WorkerPlan, sign_once};
 use crate::report::print_table;
-use crate::{Protocol, RunArgs, Scenario, check_loopback, runtime, write_json};
+use crate::{Protocol, RunArgs, Scenario, runtime, write_json};
 
 #[derive(Serialize, Deserialize, Default, Clone)]
 pub(crate) struct Latency {
@@ -31,7 +31,12 @@ pub(crate) struct Latency {
 
 #[derive(Serialize, Deserialize, Default, Clone)]
 pub(crate) struct ServerSample {
+    /// The (first) server's PID; with several instances `pids` lists them
+    /// all, and RSS and CPU below are their sums (VmHWM: the sum of each
+    /// one's lifetime peak).
     pub(crate) pid: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pids: Vec<u32>,
     /// Highest VmRSS sampled during warm-up and timed phase (KiB).
     pub(crate) peak_rss_kib: u64,
     /// VmRSS at the start of the timed phase (KiB).
@@ -48,7 +53,16 @@ pub(crate) struct RunResult {
     pub(crate) scenario: Scenario,
     pub(crate) protocol: Protocol,
     pub(crate) label: Option<String>,
+    /// What the server stored in (--backend), e.g. sqlite, postgres,
+    /// postgres-2.
+    #[serde(default)]
+    pub(crate) backend: Option<String>,
+    /// The setup's server (--url).
     pub(crate) url: String,
+    /// Every server the timed connections were spread over (--url, then
+    /// each --also-url), when more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) urls: Vec<String>,
     pub(crate) concurrency: usize,
     pub(crate) duration_s: f64,
     pub(crate) warmup_s: f64,
@@ -117,7 +131,7 @@ pub(crate) fn run_main(args: RunArgs) -> anyhow::Result<()> {
     if scenario == Scenario::UnderAttack {
         return under_attack_main(args);
     }
-    check_loopback(&args.url)?;
+    args.urls()?;
     let result = runtime(args.threads)?.block_on(run(args.clone(), scenario))?;
     print_table(std::slice::from_ref(&result));
     if let Some(path) = &args.json {
@@ -127,7 +141,8 @@ pub(crate) fn run_main(args: RunArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<RunResult> {
-    let base = args.url.trim_end_matches('/').to_owned();
+    let urls = args.urls()?;
+    let base = urls[0].clone();
     let setup_start = Instant::now();
     let mut server = Server::connect(&base).await?;
     let ops = setup(&mut server, &args, scenario).await?;
@@ -161,27 +176,27 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
                 .ceil() as usize,
         };
     let presign_start = Instant::now();
-    let plans = presign(&base, args.protocol, ops, per_worker)?;
+    let plans = presign(&urls, args.protocol, ops, per_worker)?;
     let presign_s = presign_start.elapsed().as_secs_f64();
     let presigned: usize = plans.iter().map(|p| p.signatures.len()).sum();
 
     // Connections, one per worker, opened before the clock starts.
+    // Connection i goes to server i mod n.
     let mut workers = Vec::with_capacity(plans.len());
-    for plan in plans {
+    for (i, plan) in plans.into_iter().enumerate() {
+        let url = &urls[i % urls.len()];
         let conn = match args.protocol {
             Protocol::Grpc => Conn::Grpc(
-                tonic::client::Grpc::new(client::connect_anonymous(&base).await?)
+                tonic::client::Grpc::new(client::connect_anonymous(url).await?)
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             ),
-            Protocol::GrpcWeb | Protocol::Json => {
-                Conn::Http(Box::new(HttpClient::new(&base, None)))
-            }
+            Protocol::GrpcWeb | Protocol::Json => Conn::Http(Box::new(HttpClient::new(url, None))),
         };
         workers.push(Worker {
             protocol: args.protocol,
             conn,
-            base: base.clone(),
+            base: url.clone(),
             plan,
             signed_inline: 0,
         });
@@ -191,7 +206,7 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
-    let sampler = spawn_sampler(args.server_pid, measure_from, end);
+    let sampler = spawn_sampler(args.server_pid.clone(), measure_from, end);
 
     let mut tasks = Vec::with_capacity(workers.len());
     for worker in workers {
@@ -221,7 +236,9 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
         scenario,
         protocol: args.protocol,
         label: args.label.clone(),
+        backend: args.backend.clone(),
         url: base,
+        urls: if urls.len() > 1 { urls } else { Vec::new() },
         concurrency: args.concurrency,
         duration_s,
         warmup_s: args.warmup.as_secs_f64(),
@@ -256,20 +273,25 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
     })
 }
 
-/// Makes each worker's signatures, on all cores.
+/// Makes each worker's signatures, on all cores; worker i's are for
+/// server `bases[i % n]`.
 pub(crate) fn presign(
-    base: &str,
+    bases: &[String],
     protocol: Protocol,
     ops: Vec<(Op, Option<RequestSigner>)>,
     per_worker: usize,
 ) -> anyhow::Result<Vec<WorkerPlan>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut plans: Vec<WorkerPlan> = ops
+    let mut plans: Vec<(&str, WorkerPlan)> = ops
         .into_iter()
-        .map(|(op, signer)| WorkerPlan {
-            op,
-            signer,
-            signatures: Vec::new(),
+        .enumerate()
+        .map(|(i, (op, signer))| {
+            let plan = WorkerPlan {
+                op,
+                signer,
+                signatures: Vec::new(),
+            };
+            (bases[i % bases.len()].as_str(), plan)
         })
         .collect();
     let chunk = plans.len().div_ceil(threads).max(1);
@@ -278,7 +300,7 @@ pub(crate) fn presign(
             .chunks_mut(chunk)
             .map(|plans| {
                 scope.spawn(move || -> anyhow::Result<()> {
-                    for plan in plans {
+                    for (base, plan) in plans {
                         let (Some(call), Some(signer)) = (plan.op.signed_call(), &plan.signer)
                         else {
                             continue;
@@ -298,7 +320,7 @@ pub(crate) fn presign(
         }
         Ok(())
     })?;
-    Ok(plans)
+    Ok(plans.into_iter().map(|(_, plan)| plan).collect())
 }
 
 pub(crate) async fn drive(

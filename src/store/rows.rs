@@ -10,6 +10,18 @@ pub fn day_of(now: Millis) -> i64 {
     now.div_euclid(DAY)
 }
 
+/// The `(public key, entry id)` rows a backend found for `ids`, as
+/// `(user id, entry id)` in the order of `ids` (the order a send's
+/// recipients were given in); ids without a row are left out.
+pub(super) fn in_order_of(ids: &[UserId], rows: &[(Vec<u8>, i64)]) -> Vec<(UserId, i64)> {
+    ids.iter()
+        .filter_map(|id| {
+            let (_, entry) = rows.iter().find(|(key, _)| key == id.as_bytes())?;
+            Some((*id, *entry))
+        })
+        .collect()
+}
+
 /// Rows deleted per retention statement; between batches other writes get
 /// their turn.
 pub const RETENTION_BATCH: i64 = 1000;

@@ -600,13 +600,7 @@ impl PgStore {
         .bind(sender.as_bytes().as_slice())
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                let (_, entry) = rows.iter().find(|(key, _)| key == id.as_bytes())?;
-                Some((*id, *entry))
-            })
-            .collect())
+        Ok(crate::store::rows::in_order_of(ids, &rows))
     }
 
     /// Quotas stay exact across instances: the recipients' user rows are

@@ -42,13 +42,7 @@ impl SqliteStore {
         .bind(sender.as_bytes().as_slice())
         .fetch_all(&mut *self.readers.get().await?)
         .await?;
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                let (_, entry) = rows.iter().find(|(key, _)| key == id.as_bytes())?;
-                Some((*id, *entry))
-            })
-            .collect())
+        Ok(crate::store::rows::in_order_of(ids, &rows))
     }
 
     /// Stores the attachment row and every parcel in one transaction, after

@@ -11,11 +11,13 @@ use std::{
     sync::Arc,
 };
 
+use super::folder_sync::FolderSync;
 use crate::{clock::Millis, domain::AttachmentId};
 
 #[derive(Clone, Debug)]
 pub struct LocalBlobs {
     dir: Arc<PathBuf>,
+    folder_sync: Arc<FolderSync>,
 }
 
 impl LocalBlobs {
@@ -24,6 +26,7 @@ impl LocalBlobs {
         std::fs::create_dir_all(dir.join("tmp"))?;
         Ok(LocalBlobs {
             dir: Arc::new(dir.to_owned()),
+            folder_sync: Arc::default(),
         })
     }
 
@@ -55,29 +58,42 @@ impl LocalBlobs {
 
     /// Writes `data` durably under `id`'s name. One blocking task does all
     /// the steps: each hand-over to the blocking pool costs as much as a
-    /// small write.
+    /// small write. The folder's `fsync` is shared with the writes that
+    /// renamed at the same time (see `folder_sync`).
     pub async fn write(&self, id: &AttachmentId, data: Vec<u8>) -> io::Result<()> {
         let tmp = self.tmp_dir().join(id.to_string());
         let path = self.path(id);
         let dir = self.dir.clone();
+        let folder_sync = self.folder_sync.clone();
         let write = move || {
             let result = (|| {
                 let mut file = std::fs::File::create(&tmp)?;
                 file.write_all(&data)?;
-                file.sync_all()?;
+                // Contents and size; the name is the folder's business.
+                file.sync_data()?;
                 drop(file);
-                std::fs::rename(&tmp, &path)?;
-                // The rename is durable once the folder is.
-                std::fs::File::open(&*dir)?.sync_all()
+                std::fs::rename(&tmp, &path)
             })();
             if result.is_err() {
                 let _ = std::fs::remove_file(&tmp);
+                return result;
             }
-            result
+            // The rename is durable once the folder is. On failure the name
+            // goes again: a failed write leaves nothing under it.
+            let synced = folder_sync.after_rename(&dir);
+            if synced.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            synced
         };
         tokio::task::spawn_blocking(write)
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// `fsync` calls made on the folder so far.
+    pub fn folder_syncs(&self) -> u64 {
+        self.folder_sync.calls()
     }
 
     /// Opens an attachment for reading.

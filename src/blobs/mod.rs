@@ -5,6 +5,7 @@
 //! ([`object`]). Names come from [`AttachmentId`]s (UUIDs the server made),
 //! never from requests, on both.
 
+mod folder_sync;
 mod local;
 mod object;
 

@@ -125,6 +125,34 @@ pub enum QuotaExceeded {
     AttachmentBytes { recipient: i64 },
 }
 
+impl NewParcels {
+    /// The first quota this send would break, given what each recipient has
+    /// waiting as (recipient, parcels, attachment bytes); a recipient not in
+    /// `waiting` has nothing waiting.
+    pub fn over_quota(&self, waiting: &[(i64, i64, i64)]) -> Option<QuotaExceeded> {
+        let adding = self.attachment.map_or(0, |(_, size)| size);
+        self.parcels.iter().find_map(|p| {
+            let (parcels, bytes) = waiting
+                .iter()
+                .find(|(r, _, _)| *r == p.recipient)
+                .map_or((0, 0), |&(_, n, b)| (n, b));
+            if parcels >= i64::from(self.max_waiting_parcels) {
+                Some(QuotaExceeded::Parcels {
+                    recipient: p.recipient,
+                })
+            } else if (bytes.max(0) as u64).saturating_add(adding)
+                > self.max_waiting_attachment_bytes
+            {
+                Some(QuotaExceeded::AttachmentBytes {
+                    recipient: p.recipient,
+                })
+            } else {
+                None
+            }
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParcelRow {
     /// The order of arrival: the key of list pages.

@@ -375,6 +375,75 @@ async fn per_recipient_quotas_refuse_the_whole_send() {
     );
 }
 
+/// The quota reads counters kept beside each user: every way a parcel
+/// goes (deleted by the recipient, expired by retention) frees its place
+/// and its bytes, and a refused send adds nothing.
+#[tokio::test]
+async fn quotas_free_up_as_parcels_go() {
+    let app = TestApp::spawn_with(|c| {
+        c.limits.max_waiting_parcels = 2;
+        c.limits.max_waiting_attachment_bytes = 250_000;
+    })
+    .await;
+    let (alice, bob) = app.pair().await;
+    let full = |e: tonic::Status, what: &str| {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains(what), "{e:?}");
+    };
+    for seed in 0..2 {
+        alice
+            .send("MEDIA", &[&bob], Some(random_bytes(100_000, 20 + seed)))
+            .await
+            .unwrap();
+    }
+    full(
+        alice.send("TEXT", &[&bob], None).await.unwrap_err(),
+        "MAX_WAITING_PARCELS_PER_RECIPIENT",
+    );
+
+    // Bob deletes one: one place and 100 KB free again.
+    let first = bob.list().await[0].id.clone();
+    bob.parcels()
+        .await
+        .delete_parcel(pb::DeleteParcelRequest { parcel_id: first })
+        .await
+        .unwrap();
+    full(
+        alice
+            .send("MEDIA", &[&bob], Some(random_bytes(150_001, 22)))
+            .await
+            .unwrap_err(),
+        "MAX_WAITING_ATTACHMENT_BYTES_PER_RECIPIENT",
+    );
+    alice
+        .send("MEDIA", &[&bob], Some(random_bytes(150_000, 23)))
+        .await
+        .unwrap();
+    full(
+        alice.send("TEXT", &[&bob], None).await.unwrap_err(),
+        "MAX_WAITING_PARCELS_PER_RECIPIENT",
+    );
+
+    // Retention removes both: the whole quota is free.
+    let later = app.clock.now() + 91 * 24 * 3_600_000;
+    let (expired, _) =
+        piqchat_inbox::jobs::expire_parcels_once(&app.state.store, &app.state.blobs, later, 90)
+            .await
+            .unwrap();
+    assert_eq!(expired, 2);
+    assert!(bob.list().await.is_empty());
+    for seed in 0..2 {
+        alice
+            .send("MEDIA", &[&bob], Some(random_bytes(125_000, 24 + seed)))
+            .await
+            .unwrap();
+    }
+    full(
+        alice.send("TEXT", &[&bob], None).await.unwrap_err(),
+        "MAX_WAITING_PARCELS_PER_RECIPIENT",
+    );
+}
+
 #[tokio::test]
 async fn a_disk_space_floor_refuses_new_attachments() {
     // The floor guards the folder's disk; a bucket has none to fill.

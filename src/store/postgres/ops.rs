@@ -612,39 +612,18 @@ impl PgStore {
         recipients.sort_unstable();
         recipients.dedup();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&recipients)
-            .execute(&mut *tx)
-            .await?;
+        // What each recipient has waiting, kept by triggers (migration
+        // 0002), read under the lock.
         let waiting: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT p.recipient_id, COUNT(*), COALESCE(SUM(a.size), 0)::BIGINT FROM parcels p \
-             LEFT JOIN attachments a ON a.id = p.attachment_id \
-             WHERE p.recipient_id = ANY($1) GROUP BY p.recipient_id",
+            "SELECT id, waiting_parcels, waiting_bytes FROM users \
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&recipients)
         .fetch_all(&mut *tx)
         .await?;
-        let adding = new.attachment.map_or(0, |(_, size)| size);
-        for p in &new.parcels {
-            let (parcels, bytes) = waiting
-                .iter()
-                .find(|(r, _, _)| *r == p.recipient)
-                .map_or((0, 0), |&(_, n, b)| (n, b));
-            let refused = if parcels >= i64::from(new.max_waiting_parcels) {
-                Some(QuotaExceeded::Parcels {
-                    recipient: p.recipient,
-                })
-            } else if bytes as u64 + adding > new.max_waiting_attachment_bytes {
-                Some(QuotaExceeded::AttachmentBytes {
-                    recipient: p.recipient,
-                })
-            } else {
-                None
-            };
-            if let Some(refused) = refused {
-                tx.rollback().await?;
-                return Ok(Err(refused));
-            }
+        if let Some(refused) = new.over_quota(&waiting) {
+            tx.rollback().await?;
+            return Ok(Err(refused));
         }
         if let Some((id, size)) = &new.attachment {
             sqlx::query("INSERT INTO attachments (id, size, created_at) VALUES ($1, $2, $3)")

@@ -205,91 +205,63 @@ impl SqliteStore {
     }
 }
 
+/// The rows of one send: the attachment (when there is one), a parcel per
+/// recipient ($1: a JSON array of [id, recipient, content]), a push for each
+/// recipient with a subscription (when $7, the payload, is set; they commit
+/// or not with the parcels), and the day's count of received images.
+const STORE_SEND: &str = "\
+    INSERT INTO attachments (id, size, created_at) SELECT $4, $5, $6 WHERE $4 IS NOT NULL; \
+    INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
+        SELECT value ->> 0, value ->> 1, $2, $3, value ->> 2, $4, $6 FROM json_each($1); \
+    INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
+        SELECT value ->> 1, $7, $6, $8, $6 FROM json_each($1) \
+        WHERE $7 IS NOT NULL \
+        AND EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = value ->> 1); \
+    INSERT INTO daily_stats (day, media_received) SELECT $9, $10 WHERE $3 = 'MEDIA' \
+        ON CONFLICT (day) DO UPDATE SET media_received = media_received + excluded.media_received";
+
 /// The work of `SqliteStore::insert_parcels`, on the writer's connection.
 async fn insert_parcels(
     tx: &mut sqlx::SqliteConnection,
     new: &NewParcels,
 ) -> Result<Result<(), QuotaExceeded>> {
-    // What each recipient has waiting, in one query.
+    // What each recipient has waiting: two numbers per recipient, kept by
+    // triggers (migration 0004), so the check costs the same however full
+    // the inbox is.
     let recipients: Vec<i64> = new.parcels.iter().map(|p| p.recipient).collect();
     let recipients = serde_json::to_string(&recipients).map_err(crate::error::Error::internal)?;
     let waiting: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT p.recipient_id, COUNT(*), COALESCE(SUM(a.size), 0) FROM parcels p \
-         LEFT JOIN attachments a ON a.id = p.attachment_id \
-         WHERE p.recipient_id IN (SELECT value FROM json_each($1)) GROUP BY p.recipient_id",
+        "SELECT id, waiting_parcels, waiting_bytes FROM users \
+         WHERE id IN (SELECT value FROM json_each($1))",
     )
     .bind(&recipients)
     .fetch_all(&mut *tx)
     .await?;
-    for p in &new.parcels {
-        let (parcels, bytes) = waiting
-            .iter()
-            .find(|(r, _, _)| *r == p.recipient)
-            .map_or((0, 0), |&(_, n, b)| (n, b));
-        if parcels >= i64::from(new.max_waiting_parcels) {
-            return Ok(Err(QuotaExceeded::Parcels {
-                recipient: p.recipient,
-            }));
-        }
-        let adding = new.attachment.map_or(0, |(_, size)| size);
-        if bytes as u64 + adding > new.max_waiting_attachment_bytes {
-            return Ok(Err(QuotaExceeded::AttachmentBytes {
-                recipient: p.recipient,
-            }));
-        }
+    if let Some(refused) = new.over_quota(&waiting) {
+        return Ok(Err(refused));
     }
-    if let Some((id, size)) = &new.attachment {
-        sqlx::query("INSERT INTO attachments (id, size, created_at) VALUES ($1, $2, $3)")
-            .bind(id.to_string())
-            .bind(*size as i64)
-            .bind(new.now)
-            .execute(&mut *tx)
-            .await?;
-    }
-    // All parcels in one statement, and the pushes in another: each
-    // statement is a round trip to the connection's thread, and the writer
-    // runs one job after another.
+    // Every row in one round trip to the connection's thread (a statement
+    // each is a hand-over each, and the writer runs one job after another):
+    // the statements share the numbered parameters, and those that do not
+    // apply to this send select no rows.
     let rows: Vec<(String, i64, &str)> = new
         .parcels
         .iter()
         .map(|p| (p.id.to_string(), p.recipient, p.content.as_str()))
         .collect();
-    sqlx::query(
-        "INSERT INTO parcels (id, recipient_id, sender_key, type, content, attachment_id, created_at) \
-         SELECT value ->> 0, value ->> 1, $2, $3, value ->> 2, $4, $5 FROM json_each($1)",
-    )
-    .bind(serde_json::to_string(&rows).map_err(crate::error::Error::internal)?)
-    .bind(new.sender.as_bytes().as_slice())
-    .bind(&new.kind)
-    .bind(new.attachment.map(|(id, _)| id.to_string()))
-    .bind(new.now)
-    .execute(&mut *tx)
-    .await?;
-    if let Some(push) = &new.push {
-        // Only recipients with a subscription get a row; the pushes commit
-        // (or not) with the parcels.
-        sqlx::query(
-            "INSERT INTO push_outbox (user_id, payload, next_attempt_at, expires_at, created_at) \
-             SELECT value, $2, $3, $4, $3 FROM json_each($1) \
-             WHERE EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = value)",
-        )
-        .bind(&recipients)
-        .bind(&push.payload)
+    sqlx::query(STORE_SEND)
+        .bind(serde_json::to_string(&rows).map_err(crate::error::Error::internal)?)
+        .bind(new.sender.as_bytes().as_slice())
+        .bind(&new.kind)
+        .bind(new.attachment.map(|(id, _)| id.to_string()))
+        .bind(new.attachment.map(|(_, size)| size as i64))
         .bind(new.now)
-        .bind(new.now + push.ttl)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if new.kind == "MEDIA" {
-        sqlx::query(
-            "INSERT INTO daily_stats (day, media_received) VALUES ($1, $2) \
-             ON CONFLICT (day) DO UPDATE SET media_received = media_received + excluded.media_received",
-        )
+        .bind(new.push.as_ref().map(|push| push.payload.as_str()))
+        .bind(new.push.as_ref().map(|push| new.now + push.ttl))
         .bind(day_of(new.now))
         .bind(new.parcels.len() as i64)
         .execute(&mut *tx)
         .await?;
-    }
     Ok(Ok(()))
 }
 

@@ -300,11 +300,11 @@ fn us_text(r: &RunResult) -> String {
 
 /// Our runs of `scenario` over `protocol` on SQLite (the default backend),
 /// neither the peer nor a backlog run.
-fn ours<'a>(
-    runs: &'a [RunResult],
+fn ours(
+    runs: &[RunResult],
     scenario: crate::Scenario,
     protocol: crate::Protocol,
-) -> impl Iterator<Item = &'a RunResult> {
+) -> impl Iterator<Item = &RunResult> {
     runs.iter().filter(move |r| {
         r.scenario == scenario
             && r.protocol == protocol

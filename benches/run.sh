@@ -10,8 +10,14 @@
 #      idle RSS,
 #   3. every scenario with piqchat-load, each against a freshly started
 #      server (so peak RSS is per scenario): grpc for all, grpc-web and json
-#      for info / list / send-100k; list-big / info-big on a database seeded
-#      with 1,000,000 parcels of other users before the server starts,
+#      for info / list / send-100k / send-one; list-big / info-big on a
+#      database seeded with 1,000,000 parcels of other users before the
+#      server starts; send-one (every connection into ONE recipient) twice
+#      back to back on the same server and database, with a quota high
+#      enough for both; backlog: send-one into a recipient with N parcels
+#      already waiting, seeded before the server starts, once per N,
+#   3b. with PEER_URL: the same scenarios against the original Node server
+#      (JSON only; today `info`), each right after ours,
 #   4. opt-in: the under-attack scenario (SCENARIOS="under-attack", over gRPC
 #      unless ALL_PROTOCOLS=1): legitimate lists and sends measured per phase
 #      while an attacker floods; DURATION / WARMUP are per phase and
@@ -27,6 +33,16 @@
 #   ALL_PROTOCOLS=1                         every scenario over all three protocols
 #   PROTOCOLS="grpc"                        every scenario over just these protocols
 #   BIG_PARCELS=1000000                     size of the seeded database
+#   BACKLOG="0 1000 10000"                  parcels waiting for the backlog scenario's recipient
+#                                           (one server and one run per value; 100 KiB
+#                                           attachment rows, sparse files)
+#   SEND_ONE_ROUNDS=2                       timed phases of send-one on one server
+#   HIGH_QUOTA_PARCELS=1000000              the waiting-parcel quota per recipient for send-one
+#   HIGH_QUOTA_BYTES=1099511627776          and backlog (the configuration's maxima)
+#   PEER_URL=http://127.0.0.1:3000          the original Node server (loopback), measured right
+#                                           after ours in each scenario it supports (info)
+#   PEER_PID=<pid>                          its PID, for its CPU per call and RSS
+#   PEER_PREFIX=/api                        where the peer mounts its routes
 #   COLDSTART_RUNS=20                       cold start runs
 #   OUT=bench-results/<time>                where results go
 #   KEEP=1                                  keep the temp folder (databases, server logs)
@@ -54,7 +70,13 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONCURRENCY=${CONCURRENCY:-64}
-SCENARIOS=${SCENARIOS:-"info list send-100k send-group exchange accept download-1m list-big info-big"}
+SCENARIOS=${SCENARIOS:-"info list send-100k send-group send-one backlog exchange accept download-1m list-big info-big"}
+BACKLOG=${BACKLOG:-"0 1000 10000"}
+SEND_ONE_ROUNDS=${SEND_ONE_ROUNDS:-2}
+HIGH_QUOTA_PARCELS=${HIGH_QUOTA_PARCELS:-1000000}
+HIGH_QUOTA_BYTES=${HIGH_QUOTA_BYTES:-1099511627776}
+# Scenarios piqchat-load can run against the Node peer (its unsigned calls).
+PEER_SCENARIOS="info"
 BIG_PARCELS=${BIG_PARCELS:-1000000}
 COLDSTART_RUNS=${COLDSTART_RUNS:-20}
 OUT=${OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -92,6 +114,8 @@ LABEL=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 SERVER_PIDS=()
 URLS=()
+# Extra environment for the next servers (e.g. a higher quota).
+SERVER_ENV=()
 stop_server() {
     local pid
     for pid in "${SERVER_PIDS[@]}"; do
@@ -145,7 +169,7 @@ start_server() {
         if [[ -n "${SERVER_NOFILE:-}" ]]; then
             ulimit -n "$SERVER_NOFILE"
         fi
-        exec env "${database[@]}" \
+        exec env "${database[@]}" "${SERVER_ENV[@]}" \
             PARCEL_ATTACHMENTS_UPLOAD_PATH="$dir/attachments" \
             BIND_ADDRESS=127.0.0.1 PORT=0 \
             "$SERVER" serve >"$log" 2>&1
@@ -218,88 +242,140 @@ protocols_for() {
         return
     fi
     case $1 in
-        info | list | send-100k) echo "grpc grpc-web json" ;;
+        info | list | send-100k | send-one) echo "grpc grpc-web json" ;;
         *) echo "grpc" ;;
     esac
 }
 
 seeded=
+# run_case SCENARIO PROTOCOL BACKEND [N]: one scenario against freshly
+# started servers; N is the backlog scenario's waiting parcels.
+run_case() {
+    local scenario=$1 protocol=$2 backend=$3 backlog=${4:-}
+    local dir name database db= extra=()
+    if [[ "$backend" != sqlite && ( "$scenario" == list-big || "$scenario" == info-big || "$scenario" == backlog ) ]]; then
+        echo "== $scenario over $protocol on $backend: skipped (the seeded database is SQLite)"
+        return
+    fi
+    if [[ "$backend" == postgres-2 && "$scenario" == under-attack ]]; then
+        echo "== $scenario on $backend: skipped (under-attack drives one server)"
+        return
+    fi
+    case $scenario in
+        list-big | info-big)
+            dir=$WORK/big
+            if [[ -z "$seeded" ]]; then
+                echo "== seeding $BIG_PARCELS parcels (server stopped)"
+                mkdir -p "$dir"
+                "$LOAD" seed --database "$dir/inbox.sqlite" --parcels "$BIG_PARCELS" \
+                    --json "$OUT/seed.json"
+                seeded=1
+            fi
+            ;;
+        backlog)
+            dir=$WORK/backlog-$backlog-$protocol
+            echo "== seeding one recipient with $backlog waiting parcels (server stopped)"
+            mkdir -p "$dir"
+            "$LOAD" seed-backlog --database "$dir/inbox.sqlite" --attachments "$dir/attachments" \
+                --parcels "$backlog" --key-out "$dir/recipient.json"
+            extra=(--recipient-key "$dir/recipient.json")
+            ;;
+        *)
+            dir=$WORK/$scenario-$protocol
+            ;;
+    esac
+    # SQLite results keep the names they always had.
+    name=$scenario-$protocol
+    [[ "$scenario" != backlog ]] || name=backlog-$backlog-$protocol
+    database=$dir/inbox.sqlite
+    if [[ "$backend" != sqlite ]]; then
+        name=$scenario-$protocol-$backend
+        dir=$WORK/$name
+        db=piqchat_bench_$$_${name//-/_}
+        psql "$BENCH_DATABASE_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null
+        PG_DATABASES+=("$db")
+        database=$(pg_url "$db")
+    fi
+    SERVER_ENV=()
+    case $scenario in
+        under-attack)
+            # shellcheck disable=SC2206 # options are split on purpose
+            extra=(${ATTACK_ARGS:-})
+            ;;
+        send-one | backlog)
+            # Every send goes to one recipient: the default quota (1,000
+            # waiting) would refuse most of them.
+            SERVER_ENV=(MAX_WAITING_PARCELS_PER_RECIPIENT="$HIGH_QUOTA_PARCELS"
+                MAX_WAITING_ATTACHMENT_BYTES_PER_RECIPIENT="$HIGH_QUOTA_BYTES")
+            [[ "$scenario" != send-one ]] || extra+=(--rounds "$SEND_ONE_ROUNDS")
+            ;;
+    esac
+    echo "== $scenario${backlog:+ N=$backlog} over $protocol on $backend"
+    case $backend in
+        sqlite) start_server "$dir" ;;
+        postgres) start_server "$dir" "$database" ;;
+        postgres-2)
+            start_server "$dir" "$database" server-1.log
+            start_server "$dir" "$database" server-2.log
+            ;;
+    esac
+    SERVER_ENV=()
+    local targets=(--url "${URLS[0]}") url pid
+    for url in "${URLS[@]:1}"; do
+        targets+=(--also-url "$url")
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        targets+=(--server-pid "$pid")
+    done
+    (
+        # The attacker of under-attack holds about 2,600 connections.
+        [[ "$scenario" != under-attack ]] || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+        exec "$LOAD" run "${targets[@]}" --database "$database" \
+            --scenario "$scenario" --protocol "$protocol" \
+            --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
+            --label "$LABEL" --backend "$backend" \
+            --json "$OUT/run-$name.json" "${extra[@]}"
+    ) || echo "!! $scenario over $protocol on $backend failed"
+    stop_server
+    # Attachments of the send scenarios are not needed any more.
+    [[ "$dir" == "$WORK/big" ]] || rm -rf "$dir"
+    if [[ -n "$db" && "${KEEP:-}" != 1 ]]; then
+        drop_database "$db"
+        unset 'PG_DATABASES[-1]'
+    fi
+}
+
+# run_peer SCENARIO: the same scenario against the Node peer at PEER_URL,
+# right after ours, over JSON (its only protocol).
+run_peer() {
+    local scenario=$1 pid=()
+    [[ -n "${PEER_URL:-}" ]] || return 0
+    if [[ " $PEER_SCENARIOS " != *" $scenario "* ]]; then
+        echo "== $scenario on the Node peer: not implemented (its signed calls; see BENCHMARKS.md)"
+        return
+    fi
+    [[ -z "${PEER_PID:-}" ]] || pid=(--server-pid "$PEER_PID")
+    echo "== $scenario over json on the Node peer ($PEER_URL)"
+    "$LOAD" run --peer --url "$PEER_URL" --peer-prefix "${PEER_PREFIX:-/api}" "${pid[@]}" \
+        --scenario "$scenario" --protocol json \
+        --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
+        --label peer --json "$OUT/peer-$scenario-json.json" ||
+        echo "!! $scenario on the Node peer failed"
+}
+
 for scenario in $SCENARIOS; do
     for protocol in $(protocols_for "$scenario"); do
         for backend in $BACKENDS; do
-            if [[ "$backend" != sqlite && ( "$scenario" == list-big || "$scenario" == info-big ) ]]; then
-                echo "== $scenario over $protocol on $backend: skipped (the seeded database is SQLite)"
-                continue
-            fi
-            if [[ "$backend" == postgres-2 && "$scenario" == under-attack ]]; then
-                echo "== $scenario on $backend: skipped (under-attack drives one server)"
-                continue
-            fi
-            case $scenario in
-                list-big | info-big)
-                    dir=$WORK/big
-                    if [[ -z "$seeded" ]]; then
-                        echo "== seeding $BIG_PARCELS parcels (server stopped)"
-                        mkdir -p "$dir"
-                        "$LOAD" seed --database "$dir/inbox.sqlite" --parcels "$BIG_PARCELS" \
-                            --json "$OUT/seed.json"
-                        seeded=1
-                    fi
-                    ;;
-                *)
-                    dir=$WORK/$scenario-$protocol
-                    ;;
-            esac
-            # SQLite results keep the names they always had.
-            name=$scenario-$protocol
-            database=$dir/inbox.sqlite
-            if [[ "$backend" != sqlite ]]; then
-                name=$scenario-$protocol-$backend
-                dir=$WORK/$name
-                db=piqchat_bench_$$_${name//-/_}
-                psql "$BENCH_DATABASE_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $db" >/dev/null
-                PG_DATABASES+=("$db")
-                database=$(pg_url "$db")
-            fi
-            extra=()
-            if [[ "$scenario" == under-attack ]]; then
-                # shellcheck disable=SC2206 # options are split on purpose
-                extra=(${ATTACK_ARGS:-})
-            fi
-            echo "== $scenario over $protocol on $backend"
-            case $backend in
-                sqlite) start_server "$dir" ;;
-                postgres) start_server "$dir" "$database" ;;
-                postgres-2)
-                    start_server "$dir" "$database" server-1.log
-                    start_server "$dir" "$database" server-2.log
-                    ;;
-            esac
-            targets=(--url "${URLS[0]}")
-            for url in "${URLS[@]:1}"; do
-                targets+=(--also-url "$url")
-            done
-            for pid in "${SERVER_PIDS[@]}"; do
-                targets+=(--server-pid "$pid")
-            done
-            (
-                # The attacker of under-attack holds about 2,600 connections.
-                [[ "$scenario" != under-attack ]] || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-                exec "$LOAD" run "${targets[@]}" --database "$database" \
-                    --scenario "$scenario" --protocol "$protocol" \
-                    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
-                    --label "$LABEL" --backend "$backend" \
-                    --json "$OUT/run-$name.json" "${extra[@]}"
-            ) || echo "!! $scenario over $protocol on $backend failed"
-            stop_server
-            # Attachments of the send scenarios are not needed any more.
-            [[ "$dir" == "$WORK/big" ]] || rm -rf "$dir"
-            if [[ "$backend" != sqlite && "${KEEP:-}" != 1 ]]; then
-                drop_database "$db"
-                unset 'PG_DATABASES[-1]'
+            if [[ "$scenario" == backlog ]]; then
+                for n in $BACKLOG; do
+                    run_case "$scenario" "$protocol" "$backend" "$n"
+                done
+            else
+                run_case "$scenario" "$protocol" "$backend"
             fi
         done
     done
+    run_peer "$scenario"
 done
 
 echo "== report"
@@ -308,7 +384,7 @@ for f in "$OUT"/hello-*.json; do
     [[ -f "$f" ]] && files+=("$f")
 done
 [[ -f "$OUT/seed.json" ]] && files+=("$OUT/seed.json")
-for f in "$OUT"/run-*.json; do
+for f in "$OUT"/run-*.json "$OUT"/peer-*.json; do
     [[ -f "$f" ]] && files+=("$f")
 done
 "$LOAD" report "${files[@]}" --json "$OUT/results.json" --markdown "$OUT/table.md"

@@ -165,7 +165,9 @@ impl Ceilings {
                     (None, None) => None,
                 }
             }
-            Scenario::Send100k | Scenario::SendGroup => self.files.map(|f| ("fsync ×8", f)),
+            Scenario::Send100k | Scenario::SendGroup | Scenario::SendOne | Scenario::Backlog => {
+                self.files.map(|f| ("fsync ×8", f))
+            }
             Scenario::UnderAttack => None,
         }
     }

@@ -59,6 +59,10 @@ use seed::retention;
 /// Scenarios: info (public GetInfo), list (a recipient with 20 waiting
 /// parcels lists them), send-100k (100 KiB attachment to one accepting
 /// recipient), send-group (one 100 KiB attachment to 10 recipients),
+/// send-one (100 KiB attachments from every connection into ONE recipient;
+/// run it with a high MAX_WAITING_PARCELS_PER_RECIPIENT, and with --rounds 2
+/// to see whether the second run keeps the first's rate), backlog (send-one
+/// into the recipient made by `piqchat-load seed-backlog`, --recipient-key),
 /// exchange (create an invite), accept (create + accept pairs; one operation
 /// is both calls), download-1m (a 1 MiB attachment), list-big and info-big
 /// (list / info against a database seeded with `piqchat-load seed`),
@@ -91,6 +95,11 @@ pub(crate) enum Cmd {
     /// Store, in large transactions. Stop the server first (or seed before
     /// its first start).
     Seed(SeedArgs),
+    /// Make one recipient with a backlog of waiting parcels, each with an
+    /// attachment of its own, through the project's Store, and write the
+    /// recipient's key for `--scenario backlog --recipient-key`. Stop the
+    /// server first (or seed before its first start).
+    SeedBacklog(SeedBacklogArgs),
     /// Time one retention run over a database (e.g. one made by `seed`): every
     /// parcel in it is treated as expired, as 91 days later. Stop the server
     /// first.
@@ -170,6 +179,24 @@ pub(crate) struct RunArgs {
     /// Free-form label stored in the result (e.g. the git commit).
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Timed phases (each with its warm-up) run one after the other after
+    /// one setup, on the same users and the same server: with send-one, a
+    /// second round shows what the first left waiting costs. Each round is
+    /// a result of its own.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) rounds: u32,
+    /// The key file `piqchat-load seed-backlog` wrote: the backlog
+    /// scenario sends into that recipient.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) recipient_key: Option<PathBuf>,
+    /// --url is the original Node server (piqchat-inbox-server), not this
+    /// one: its routes and answers. Only `info` (its unsigned GET
+    /// <prefix>/info) is implemented, over JSON.
+    #[arg(long)]
+    pub(crate) peer: bool,
+    /// Where the peer mounts its API routes (its `src/main.js`).
+    #[arg(long, default_value = "/api")]
+    pub(crate) peer_prefix: String,
     #[command(flatten)]
     pub(crate) attack: AttackArgs,
 }
@@ -201,6 +228,26 @@ pub(crate) struct SeedArgs {
     /// Write a JSON summary to this file.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct SeedBacklogArgs {
+    /// The database file (created if missing).
+    #[arg(long)]
+    pub(crate) database: PathBuf,
+    /// The server's attachments folder (PARCEL_ATTACHMENTS_UPLOAD_PATH).
+    #[arg(long)]
+    pub(crate) attachments: PathBuf,
+    /// Waiting parcels for the one recipient.
+    #[arg(long)]
+    pub(crate) parcels: u64,
+    /// Each parcel's attachment size, as stored in its row (the quota sums
+    /// it); the file is sparse: it has that length but no data blocks.
+    #[arg(long, default_value_t = 100 * 1024)]
+    pub(crate) attachment_bytes: u64,
+    /// Where the recipient's key goes (JSON; a secret, for benchmarks only).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_out: PathBuf,
 }
 
 #[derive(Args)]
@@ -282,6 +329,8 @@ pub(crate) enum Scenario {
     #[serde(rename = "send-100k")]
     Send100k,
     SendGroup,
+    SendOne,
+    Backlog,
     Exchange,
     Accept,
     #[value(name = "download-1m")]
@@ -299,6 +348,8 @@ impl Scenario {
             Scenario::List => "list",
             Scenario::Send100k => "send-100k",
             Scenario::SendGroup => "send-group",
+            Scenario::SendOne => "send-one",
+            Scenario::Backlog => "backlog",
             Scenario::Exchange => "exchange",
             Scenario::Accept => "accept",
             Scenario::Download1m => "download-1m",
@@ -319,7 +370,7 @@ impl Scenario {
             // Two signed calls per pair.
             Scenario::Accept => 10_000,
             Scenario::Download1m => 4_000,
-            Scenario::Send100k => 3_000,
+            Scenario::Send100k | Scenario::SendOne | Scenario::Backlog => 3_000,
             Scenario::SendGroup => 1_500,
         }
     }
@@ -365,6 +416,7 @@ pub(crate) fn main() -> anyhow::Result<()> {
         Some(Cmd::Run(args)) => run_main(*args),
         None => run_main(cli.run),
         Some(Cmd::Seed(args)) => runtime(1)?.block_on(seed::seed(args)),
+        Some(Cmd::SeedBacklog(args)) => runtime(1)?.block_on(seed::seed_backlog(args)),
         Some(Cmd::Retention(args)) => runtime(1)?.block_on(retention(args)),
         Some(Cmd::Coldstart(args)) => runtime(1)?.block_on(coldstart(args)),
         Some(Cmd::Fsync(args)) => fsync(args),

@@ -18,7 +18,7 @@ use piqchat_inbox::{
 use crate::protocols::{
     Call, EXCHANGES_CREATE, INFO_GET, Op, PARCELS_DOWNLOAD, PARCELS_LIST, PARCELS_SEND,
 };
-use crate::{RunArgs, Scenario, is_local_host};
+use crate::{Protocol, RunArgs, Scenario, is_local_host};
 
 /// The server under test and a registered user who invites the others.
 pub(crate) struct Server {
@@ -309,11 +309,51 @@ pub(crate) fn create_call(offer: &str) -> Call {
     )
 }
 
-/// Per-connection (op, signer) pairs, after the scenario's setup.
+/// The peer's unsigned `GET <prefix>/info` (the peer speaks only JSON).
+pub(crate) fn peer_info_call(prefix: &str) -> Call {
+    let path = format!("{}/info", prefix.trim_end_matches('/'));
+    Call::new(INFO_GET, &pb::GetInfoRequest {}, Method::GET, path, None)
+}
+
+/// Per-connection ops against the original Node server (--peer). Its signed
+/// calls need its own scheme (a NaCl box of X-Date from the user's key to
+/// the server's), which this generator does not make.
+pub(crate) fn peer_setup(
+    args: &RunArgs,
+    scenario: Scenario,
+) -> anyhow::Result<Vec<(Op, Option<RequestSigner>)>> {
+    if args.protocol != Protocol::Json {
+        bail!("the Node peer speaks only JSON: use --protocol json with --peer");
+    }
+    if !(args.peer_prefix.is_empty() || args.peer_prefix.starts_with('/')) {
+        bail!("--peer-prefix must start with / (or be empty)");
+    }
+    match scenario {
+        Scenario::Info => Ok((0..args.concurrency)
+            .map(|_| {
+                (
+                    Op::Single {
+                        call: peer_info_call(&args.peer_prefix),
+                        signed: false,
+                    },
+                    None,
+                )
+            })
+            .collect()),
+        other => bail!(
+            "against the Node peer only `info` is implemented; {} needs its NaCl-box signatures",
+            other.name()
+        ),
+    }
+}
+
+/// Per-connection (op, signer) pairs, after the scenario's setup; `backlog`
+/// is the recipient `seed-backlog` made (the backlog scenario).
 pub(crate) async fn setup(
     server: &mut Server,
     args: &RunArgs,
     scenario: Scenario,
+    backlog: Option<UserKey>,
 ) -> anyhow::Result<Vec<(Op, Option<RequestSigner>)>> {
     let c = args.concurrency;
     let unsigned = |call: Call| {
@@ -365,6 +405,37 @@ pub(crate) async fn setup(
                     (
                         Op::Single {
                             call: send_call(group, &data),
+                            signed: true,
+                        },
+                        Some(server.signer(&sender)),
+                    )
+                })
+                .collect())
+        }
+        Scenario::SendOne | Scenario::Backlog => {
+            // One sender, every connection sending into ONE recipient: a new
+            // user (send-one) or the seeded one with its backlog.
+            let sender = UserKey::generate();
+            let recipient = match backlog {
+                Some(key) if scenario == Scenario::Backlog => {
+                    server.set_contacts(&key, &[sender.user_id()]).await?;
+                    key
+                }
+                _ => {
+                    server.bootstrap(args).await?;
+                    server
+                        .recipients(1, &sender)
+                        .await?
+                        .pop()
+                        .context("one recipient")?
+                }
+            };
+            let call = send_call(std::slice::from_ref(&recipient), &attachment(100 * 1024));
+            Ok((0..c)
+                .map(|_| {
+                    (
+                        Op::Single {
+                            call: call.clone(),
                             signed: true,
                         },
                         Some(server.signer(&sender)),

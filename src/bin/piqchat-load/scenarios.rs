@@ -108,6 +108,18 @@ pub(crate) struct RunResult {
     pub(crate) server_cpu_us_per_call: Option<f64>,
     #[serde(default)]
     pub(crate) server_cores: Option<f64>,
+    /// Which timed phase this was (1, 2, …) when --rounds ran several after
+    /// one setup on the same server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) round: Option<u32>,
+    /// backlog: the parcels `seed-backlog` left waiting for the recipient
+    /// before the server started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) backlog_parcels: Option<u64>,
+    /// The server measured: absent for this one, `peer` for the original
+    /// Node server (--peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<String>,
 }
 
 #[derive(Default)]
@@ -131,35 +143,83 @@ pub(crate) fn run_main(args: RunArgs) -> anyhow::Result<()> {
     if scenario == Scenario::UnderAttack {
         return under_attack_main(args);
     }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     args.urls()?;
-    let result = runtime(args.threads)?.block_on(run(args.clone(), scenario))?;
-    print_table(std::slice::from_ref(&result));
+    let results = runtime(args.threads)?.block_on(run(args.clone(), scenario))?;
+    print_table(&results);
     if let Some(path) = &args.json {
-        write_json(path, &result)?;
+        // One round: the result alone, as it always was; several: a list.
+        match results.as_slice() {
+            [one] => write_json(path, one)?,
+            all => write_json(path, &all)?,
+        }
     }
     Ok(())
 }
 
-pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<RunResult> {
+/// One setup, then `--rounds` timed phases on it, one result each.
+pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Vec<RunResult>> {
     let urls = args.urls()?;
     let base = urls[0].clone();
     let setup_start = Instant::now();
-    let mut server = Server::connect(&base).await?;
-    let ops = setup(&mut server, &args, scenario).await?;
+    let (ops, backlog_parcels) = if args.peer {
+        (crate::pools::peer_setup(&args, scenario)?, None)
+    } else {
+        let mut server = Server::connect(&base).await?;
+        let backlog = match (&args.recipient_key, scenario) {
+            (Some(path), Scenario::Backlog) => Some(crate::seed::BacklogKey::read(path)?),
+            (None, Scenario::Backlog) => {
+                bail!(
+                    "the backlog scenario needs --recipient-key (a file from `piqchat-load seed-backlog`)"
+                )
+            }
+            _ => None,
+        };
+        let parcels = backlog.as_ref().map(|(k, _)| k.parcels);
+        let ops = setup(&mut server, &args, scenario, backlog.map(|(_, key)| key)).await?;
+        (ops, parcels)
+    };
     let setup_s = setup_start.elapsed().as_secs_f64();
+    let mut results = Vec::new();
+    for round in 1..=args.rounds {
+        let mut result = timed(&args, scenario, &urls, ops.clone(), setup_s).await?;
+        result.round = (args.rounds > 1).then_some(round);
+        result.backlog_parcels = backlog_parcels;
+        result.target = args.peer.then(|| "peer".to_owned());
+        results.push(result);
+    }
+    Ok(results)
+}
 
-    let waiting = client::connect_anonymous(&base)
+/// GetInfo's count of waiting media parcels (0 when it cannot be read, as
+/// from the peer).
+async fn media_parcels_waiting(base: &str) -> u32 {
+    let Ok(channel) = client::connect_anonymous(base).await else {
+        return 0;
+    };
+    pb::info_service_client::InfoServiceClient::new(channel)
+        .get_info(pb::GetInfoRequest {})
         .await
         .ok()
-        .map(pb::info_service_client::InfoServiceClient::new);
-    let db_media_parcels_waiting = match waiting {
-        Some(mut c) => c
-            .get_info(pb::GetInfoRequest {})
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().statistics)
-            .map_or(0, |s| s.media_parcels_waiting),
-        None => 0,
+        .and_then(|r| r.into_inner().statistics)
+        .map_or(0, |s| s.media_parcels_waiting)
+}
+
+/// One warm-up and timed phase over `ops` (signed afresh).
+async fn timed(
+    args: &RunArgs,
+    scenario: Scenario,
+    urls: &[String],
+    ops: Vec<(Op, Option<RequestSigner>)>,
+    setup_s: f64,
+) -> anyhow::Result<RunResult> {
+    let base = urls[0].clone();
+    let db_media_parcels_waiting = if args.peer {
+        0
+    } else {
+        media_parcels_waiting(&base).await
     };
 
     // Signatures for the whole run, made now on every core.
@@ -176,7 +236,7 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
                 .ceil() as usize,
         };
     let presign_start = Instant::now();
-    let plans = presign(&urls, args.protocol, ops, per_worker)?;
+    let plans = presign(urls, args.protocol, ops, per_worker)?;
     let presign_s = presign_start.elapsed().as_secs_f64();
     let presigned: usize = plans.iter().map(|p| p.signatures.len()).sum();
 
@@ -238,7 +298,11 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
         label: args.label.clone(),
         backend: args.backend.clone(),
         url: base,
-        urls: if urls.len() > 1 { urls } else { Vec::new() },
+        urls: if urls.len() > 1 {
+            urls.to_vec()
+        } else {
+            Vec::new()
+        },
         concurrency: args.concurrency,
         duration_s,
         warmup_s: args.warmup.as_secs_f64(),
@@ -270,6 +334,9 @@ pub(crate) async fn run(args: RunArgs, scenario: Scenario) -> anyhow::Result<Run
             .filter(|_| calls > 0)
             .map(|cpu_s| cpu_s * 1e6 / calls as f64),
         server_cores: server_cpu_s.map(|cpu_s| cpu_s / duration_s),
+        round: None,
+        backlog_parcels: None,
+        target: None,
     })
 }
 

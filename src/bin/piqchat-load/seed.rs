@@ -6,14 +6,14 @@ use anyhow::Context as _;
 use piqchat_inbox::{
     client::UserKey,
     clock::{Clock, HOUR},
-    domain::{ExchangeToken, UserId},
+    domain::{AttachmentId, ExchangeToken, ParcelId, UserId},
     store::{NewParcel, NewParcels, Store},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::pools::card;
 use crate::probes::tempfile_dir;
-use crate::{RetentionArgs, SeedArgs, write_json};
+use crate::{RetentionArgs, SeedArgs, SeedBacklogArgs, write_json};
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SeedResult {
@@ -45,6 +45,113 @@ pub(crate) async fn retention(args: RetentionArgs) -> anyhow::Result<()> {
         "retention: {parcels} expired parcels and {files} attachment files deleted in {took:.2} s ({:.0} parcels/s, batches of {})",
         parcels as f64 / took.max(1e-9),
         piqchat_inbox::store::RETENTION_BATCH
+    );
+    Ok(())
+}
+
+/// The recipient `seed-backlog` made, for `--recipient-key`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BacklogKey {
+    pub(crate) kind: String,
+    /// The recipient's secret key (base64url): a throwaway benchmark user.
+    pub(crate) secret: String,
+    pub(crate) user_id: String,
+    /// Parcels waiting for it after the seed.
+    pub(crate) parcels: u64,
+    /// Each one's attachment size in its row; the files are sparse.
+    pub(crate) attachment_bytes: u64,
+    pub(crate) seed_s: f64,
+}
+
+impl BacklogKey {
+    pub(crate) fn read(path: &std::path::Path) -> anyhow::Result<(Self, UserKey)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the recipient key {}", path.display()))?;
+        let key: BacklogKey = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a seed-backlog key file", path.display()))?;
+        let user = UserKey::from_base64url(&key.secret)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok((key, user))
+    }
+}
+
+/// One recipient and `parcels` waiting parcels for it, each with its own
+/// attachment row of `attachment_bytes`, one send (transaction) per parcel
+/// as the server stores them, so every per-recipient record the store keeps
+/// is kept here too. The attachment files are sparse (the right length, no
+/// data): a send's cost depends on the rows, not on the old files' bytes.
+pub(crate) async fn seed_backlog(args: SeedBacklogArgs) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let store = Store::open(&args.database)
+        .await
+        .with_context(|| format!("opening {}", args.database.display()))?;
+    // A benchmark database made before the server starts: the seed need not
+    // wait for the disk after each of its transactions (the server's own
+    // connections use their own settings when it starts).
+    store.set_writer_pragma("synchronous", 0).await?;
+    std::fs::create_dir_all(&args.attachments)
+        .with_context(|| format!("creating {}", args.attachments.display()))?;
+    let clock = Clock::system();
+    let now = clock.now();
+    let token = ExchangeToken::random();
+    store
+        .insert_exchange(&token, None, "", now, now + HOUR)
+        .await?;
+    let user = UserKey::generate();
+    store
+        .accept_exchange(&token, None, Some(&user.user_id()), now)
+        .await?;
+    let recipient = store
+        .user_by_key(&user.user_id())
+        .await?
+        .context("the seeded recipient exists")?
+        .entry_id;
+    let sender = UserKey::generate().user_id();
+    let contents: Vec<String> = (0..256).map(|_| card("key")).collect();
+    for i in 0..args.parcels {
+        let id = AttachmentId::random();
+        std::fs::File::create(args.attachments.join(id.to_string()))
+            .and_then(|f| f.set_len(args.attachment_bytes))
+            .with_context(|| format!("creating an attachment in {}", args.attachments.display()))?;
+        let new = NewParcels {
+            sender,
+            kind: "MEDIA".into(),
+            attachment: Some((id, args.attachment_bytes)),
+            parcels: vec![NewParcel {
+                id: ParcelId::random(),
+                recipient,
+                content: contents[(i % 256) as usize].clone(),
+            }],
+            now: clock.now(),
+            max_waiting_parcels: u32::MAX,
+            max_waiting_attachment_bytes: u64::MAX,
+            push: None,
+        };
+        store
+            .insert_parcels(new)
+            .await?
+            .map_err(|q| anyhow::anyhow!("quota refused the seed: {q:?}"))?;
+        if (i + 1).is_multiple_of(5000) {
+            eprintln!("seed-backlog: {} parcels", i + 1);
+        }
+    }
+    store.checkpoint().await;
+    store.close().await;
+    let key = BacklogKey {
+        kind: "backlog-key".into(),
+        secret: user.secret_base64url(),
+        user_id: user.user_id().to_string(),
+        parcels: args.parcels,
+        attachment_bytes: args.attachment_bytes,
+        seed_s: t.elapsed().as_secs_f64(),
+    };
+    write_json(&args.key_out, &key)?;
+    println!(
+        "seeded one recipient with {} waiting parcels ({} B sparse attachment each) in {:.1} s; key in {}",
+        key.parcels,
+        key.attachment_bytes,
+        key.seed_s,
+        args.key_out.display()
     );
     Ok(())
 }

@@ -59,6 +59,8 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT
     /// (`SHUTDOWN_GRACE_SECONDS`).
     pub shutdown_grace_secs: u32,
+    /// Which RPC calls get a log line (`LOG_REQUESTS`).
+    pub request_log: RequestLog,
     /// Allowed distance between a signature's `created` and the server clock.
     pub signature_max_skew_secs: u32,
     /// Live (key, nonce) pairs remembered for replay protection, per class
@@ -155,6 +157,17 @@ pub struct Limits {
     /// Least average upload rate, checked after the grace period; 0: none.
     pub min_upload_bytes_per_second: u32,
     pub upload_rate_grace_secs: u32,
+}
+
+/// Which RPC calls `api::observe` logs; metrics count every call either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestLog {
+    /// One line per call (the default).
+    All,
+    /// Only calls that did not end `OK`, or took at least
+    /// `api::observe::SLOW_CALL`: a busy server's log stays readable and
+    /// costs less.
+    ErrorsAndSlow,
 }
 
 /// A configuration value that cannot be used.
@@ -255,6 +268,20 @@ impl Config {
             )?,
             create_sign_up_invite: env.parse_bool("CREATE_SIGN_UP_INVITE", false)?,
             shutdown_grace_secs: env.ranged("SHUTDOWN_GRACE_SECONDS", 30, 1, 3600)?,
+            request_log: match env
+                .get("LOG_REQUESTS")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("all") => RequestLog::All,
+                Some("errors") => RequestLog::ErrorsAndSlow,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "LOG_REQUESTS",
+                        message: format!("expected all or errors, got {other:?}"),
+                    });
+                }
+            },
             signature_max_skew_secs: env.ranged("SIGNATURE_MAX_SKEW_SECONDS", 300, 5, 3600)?,
             nonce_budgets: nonce_budgets(&env)?,
             limits: Limits {
@@ -407,6 +434,7 @@ impl fmt::Debug for Config {
             .field("exchange_ttl_minutes", &self.exchange_ttl_minutes)
             .field("create_sign_up_invite", &self.create_sign_up_invite)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("request_log", &self.request_log)
             .field("signature_max_skew_secs", &self.signature_max_skew_secs)
             .field("nonce_budgets", &self.nonce_budgets)
             .field("limits", &self.limits)
@@ -661,6 +689,18 @@ mod tests {
         assert_eq!(c.limits.max_attachment_bytes, 20 << 20);
         assert_eq!(c.exchange_ttl_minutes, 60);
         assert!(c.push_vapid_contact.is_none());
+    }
+
+    #[test]
+    fn log_requests_is_all_or_errors() {
+        assert_eq!(config(&[]).unwrap().request_log, RequestLog::All);
+        let c = config(&[("LOG_REQUESTS", "Errors")]).unwrap();
+        assert_eq!(c.request_log, RequestLog::ErrorsAndSlow);
+        let Err(e) = config(&[("LOG_REQUESTS", "none")]) else {
+            panic!("LOG_REQUESTS=none was accepted")
+        };
+        assert_eq!(e.var, "LOG_REQUESTS");
+        assert!(e.message.contains("all or errors"), "{}", e.message);
     }
 
     #[test]

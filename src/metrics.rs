@@ -19,7 +19,7 @@ use prometheus_client::{
 pub struct RequestLabels {
     pub protocol: &'static str,
     pub rpc: String,
-    pub code: String,
+    pub code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,10 +43,20 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
-/// Every metric the server exports; cheap to clone.
+/// Every metric the server exports; cheap to clone: one reference count,
+/// because layers clone it for every request.
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+pub struct MetricSet {
+    registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RpcLabels, Histogram>,
     pub auth_failures: Family<ReasonLabels, Counter>,
@@ -178,8 +188,8 @@ impl Metrics {
             "Requests let through untracked because their limit held RATE_LIMIT_MAX_KEYS keys",
             rate_limit_untracked.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
+        Metrics(Arc::new(MetricSet {
+            registry,
             requests,
             request_duration,
             auth_failures,
@@ -196,7 +206,7 @@ impl Metrics {
             rate_limited,
             rate_limit_keys,
             rate_limit_untracked,
-        }
+        }))
     }
 
     /// The Prometheus text exposition of every metric.

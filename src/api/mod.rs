@@ -238,7 +238,11 @@ fn grpc_router(
         .into_axum_router()
         .layer(framing::FramingLayer::new(limits.frame_limits()))
         .layer(limits::LimitLayer::per_rpc(state.limits.clone()))
-        .layer(observe::ObserveLayer::new(state.metrics.clone(), known)))
+        .layer(observe::ObserveLayer::new(
+            state.metrics.clone(),
+            state.config.request_log,
+            known,
+        )))
 }
 
 /// `/package.Service/Method` for every RPC in `pool`.

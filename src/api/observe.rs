@@ -11,7 +11,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::body::Body;
@@ -24,22 +24,28 @@ use tower::{Layer, Service};
 
 use super::Protocol;
 use crate::{
+    config::RequestLog,
     domain::Caller,
     metrics::{Metrics, RequestLabels, RpcLabels},
 };
 
+/// With `LOG_REQUESTS=errors`, calls at least this long are logged too.
+pub const SLOW_CALL: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct ObserveLayer {
     metrics: Metrics,
+    log: RequestLog,
     /// gRPC paths of the served RPCs; anything else is labelled "other" so
     /// that clients cannot grow the label set.
     known: Arc<HashSet<String>>,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Metrics, known: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(metrics: Metrics, log: RequestLog, known: impl IntoIterator<Item = String>) -> Self {
         ObserveLayer {
             metrics,
+            log,
             known: Arc::new(known.into_iter().collect()),
         }
     }
@@ -65,6 +71,7 @@ pub struct Observe<S> {
 /// What is known about a call before its outcome.
 struct Call {
     metrics: Metrics,
+    log: RequestLog,
     protocol: &'static str,
     rpc: String,
     caller: Option<String>,
@@ -74,13 +81,13 @@ struct Call {
 impl Call {
     fn finish(self, code: Code) {
         let elapsed = self.start.elapsed();
-        let code_name = format!("{code:?}");
+        let code_name = code_name(code);
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
                 protocol: self.protocol,
                 rpc: self.rpc.clone(),
-                code: code_name.clone(),
+                code: code_name,
             })
             .inc();
         self.metrics
@@ -90,14 +97,40 @@ impl Call {
                 rpc: self.rpc.clone(),
             })
             .observe(elapsed.as_secs_f64());
+        if self.log == RequestLog::ErrorsAndSlow && code == Code::Ok && elapsed < SLOW_CALL {
+            return;
+        }
         tracing::info!(
             rpc = %self.rpc,
             protocol = self.protocol,
-            code = %code_name,
+            code = code_name,
             ms = elapsed.as_secs_f64() * 1000.0,
             caller = self.caller.as_deref().unwrap_or("-"),
             "request"
         );
+    }
+}
+
+/// The code's name as `Debug` writes it, without formatting a string per call.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -128,6 +161,7 @@ where
         let path = req.uri().path();
         let call = Call {
             metrics: self.layer.metrics.clone(),
+            log: self.layer.log,
             protocol: match req.extensions().get::<Protocol>() {
                 Some(Protocol::GrpcWeb) => "grpc-web",
                 Some(Protocol::Http) => "json",
@@ -214,5 +248,18 @@ impl Drop for ObservedBody {
     /// A body dropped before its end: the client went away.
     fn drop(&mut self) {
         self.finish(Code::Cancelled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_those_of_debug() {
+        for n in 0..17 {
+            let code = Code::from_i32(n);
+            assert_eq!(code_name(code), format!("{code:?}"));
+        }
     }
 }

@@ -37,6 +37,7 @@
 #                                           (one server and one run per value; 100 KiB
 #                                           attachment rows, sparse files)
 #   SEND_ONE_ROUNDS=2                       timed phases of send-one on one server
+#   SERVER_BIN=path/to/piqchat-inbox        measure this server binary instead of the one built here
 #   HIGH_QUOTA_PARCELS=1000000              the waiting-parcel quota per recipient for send-one
 #   HIGH_QUOTA_BYTES=1099511627776          and backlog (the configuration's maxima)
 #   PEER_URL=http://127.0.0.1:3000          the original Node server (loopback), measured right
@@ -105,7 +106,9 @@ done
 
 echo "== building (release)"
 cargo build --release --bins
-SERVER=$(realpath "$TARGET/release/piqchat-inbox")
+# SERVER_BIN: another build of the server to measure (e.g. an earlier
+# commit's, for before/after in one sitting); the load generator is this one.
+SERVER=$(realpath "${SERVER_BIN:-$TARGET/release/piqchat-inbox}")
 LOAD=$(realpath "$TARGET/release/piqchat-load")
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")

@@ -86,6 +86,9 @@ TARGET=${CARGO_TARGET_DIR:-target}
 # limit meant for people; RATE_LIMITS=on (or single RATE_LIMIT_* values)
 # measures with them.
 export RATE_LIMITS=${RATE_LIMITS:-off}
+# One sender signs every send of send-100k / send-one: at the disk's rate
+# that passes the default 10,000 live nonces per key within a run.
+export NONCE_MAX_PER_KEY=${NONCE_MAX_PER_KEY:-10000000}
 BACKENDS=${BACKENDS:-sqlite}
 for backend in $BACKENDS; do
     case $backend in

@@ -91,11 +91,6 @@ impl LocalBlobs {
             .map_err(io::Error::other)?
     }
 
-    /// `fsync` calls made on the folder so far.
-    pub fn folder_syncs(&self) -> u64 {
-        self.folder_sync.calls()
-    }
-
     /// Opens an attachment for reading.
     pub async fn open_read(&self, id: &AttachmentId) -> io::Result<tokio::fs::File> {
         tokio::fs::File::open(self.path(id)).await

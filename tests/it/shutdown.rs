@@ -25,6 +25,22 @@ pub(crate) fn start(
     dir: &std::path::Path,
     expect_invite: bool,
 ) -> (std::process::Child, String, Option<String>) {
+    let (child, addr, link, _) = start_logged(dir, expect_invite, &[]);
+    (child, addr, link)
+}
+
+/// [`start`] with further environment variables, also returning the JSON log
+/// lines that follow the listening line.
+pub(crate) fn start_logged(
+    dir: &std::path::Path,
+    expect_invite: bool,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    Option<String>,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_piqchat-inbox"))
         .env_clear()
         .env("BIND_ADDRESS", "127.0.0.1")
@@ -33,6 +49,7 @@ pub(crate) fn start(
         .env("LOG_FORMAT", "json")
         .env("DATABASE_PATH", dir.join("inbox.sqlite"))
         .env("PARCEL_ATTACHMENTS_UPLOAD_PATH", dir.join("attachments"))
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -60,8 +77,15 @@ pub(crate) fn start(
         })
         .expect("a listening log line");
     // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr, link)
+    let (log_tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = log_tx.send(v);
+            }
+        }
+    });
+    (child, addr, link, log)
 }
 
 /// Accepts the exchange `token` and signs `user` up with it.

@@ -110,7 +110,20 @@ async function startInbox(name) {
   let buffered = "";
   let all = "";
   return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s; log: ${logPath}`)), 30_000);
+    // The invite link comes on stdout and the listening line on stderr: two
+    // pipes, so either may arrive first.
+    let listening = false;
+    const timer = setTimeout(
+      () =>
+        reject(
+          new Error(
+            listening
+              ? `${name} printed no sign-up invite link; log: ${logPath}`
+              : `${name} did not start within 30 s; log: ${logPath}`,
+          ),
+        ),
+      30_000,
+    );
     const onData = (chunk) => {
       logFile.write(chunk);
       buffered += stripAnsi(chunk.toString());
@@ -120,10 +133,10 @@ async function startInbox(name) {
         const line = buffered.slice(0, nl).trim();
         buffered = buffered.slice(nl + 1);
         if (/^https:\/\/\S+#\?exchange-url=\S+$/.test(line)) invite = line;
-        if (line.includes("listening")) {
+        if (line.includes("listening")) listening = true;
+        if (listening && invite) {
           clearTimeout(timer);
-          if (!invite) reject(new Error(`${name} printed no sign-up invite link before listening; log: ${logPath}`));
-          else resolve({ ...server, invite });
+          resolve({ ...server, invite });
         }
       }
     };

@@ -70,7 +70,7 @@ impl SqliteStore {
             .run(&mut writer)
             .await?;
         Ok(SqliteStore {
-            writer: Writer::start(writer)?,
+            writer: Writer::start(writer, nonces::APPEND_NONCES)?,
             readers: Arc::new(Readers::new(options, READERS)),
         })
     }

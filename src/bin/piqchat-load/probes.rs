@@ -175,6 +175,11 @@ pub(crate) struct ColdstartResult {
     pub(crate) fresh_runs_ms: Vec<f64>,
     /// VmRSS of an idle server after start-up.
     pub(crate) idle_rss_kib: u64,
+    /// Of which anonymous memory: what the server allocated (heap, stacks).
+    pub(crate) idle_rss_anon_kib: u64,
+    /// Of which file pages: the binary's and libraries' code and data mapped
+    /// from the page cache (shared, and dropped first under memory pressure).
+    pub(crate) idle_rss_file_kib: u64,
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
@@ -276,13 +281,16 @@ pub(crate) async fn coldstart(args: ColdstartArgs) -> anyhow::Result<()> {
     let (_, s) = start_once(&bin, &existing).await?;
     stop_server(s)?;
     let mut runs = Vec::new();
-    let mut idle_rss_kib = 0;
+    let (mut idle_rss_kib, mut idle_rss_anon_kib, mut idle_rss_file_kib) = (0, 0, 0);
     for i in 0..args.runs.max(1) {
         let (ms, s) = start_once(&bin, &existing).await?;
         runs.push(ms);
         if i + 1 == args.runs.max(1) {
             tokio::time::sleep(args.idle).await;
-            idle_rss_kib = proc_status_kib(s.child.id(), "VmRSS").unwrap_or(0);
+            let pid = s.child.id();
+            idle_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+            idle_rss_anon_kib = proc_status_kib(pid, "RssAnon").unwrap_or(0);
+            idle_rss_file_kib = proc_status_kib(pid, "RssFile").unwrap_or(0);
         }
         stop_server(s)?;
     }
@@ -298,16 +306,20 @@ pub(crate) async fn coldstart(args: ColdstartArgs) -> anyhow::Result<()> {
         fresh_median_ms: median(&fresh),
         fresh_runs_ms: fresh,
         idle_rss_kib,
+        idle_rss_anon_kib,
+        idle_rss_file_kib,
     };
     println!(
-        "cold start (spawn → first GetInfo): median {:.1} ms (min {:.1}, max {:.1}, {} runs); new database: median {:.1} ms ({} runs); idle RSS {:.1} MiB",
+        "cold start (spawn → first GetInfo): median {:.1} ms (min {:.1}, max {:.1}, {} runs); new database: median {:.1} ms ({} runs); idle RSS {:.1} MiB ({:.1} anonymous, {:.1} file pages)",
         result.median_ms,
         result.min_ms,
         result.max_ms,
         result.runs_ms.len(),
         result.fresh_median_ms,
         result.fresh_runs_ms.len(),
-        result.idle_rss_kib as f64 / 1024.0
+        result.idle_rss_kib as f64 / 1024.0,
+        result.idle_rss_anon_kib as f64 / 1024.0,
+        result.idle_rss_file_kib as f64 / 1024.0,
     );
     if let Some(path) = &args.json {
         write_json(path, &result)?;

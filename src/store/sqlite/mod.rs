@@ -70,7 +70,7 @@ impl SqliteStore {
             .run(&mut writer)
             .await?;
         Ok(SqliteStore {
-            writer: Writer::start(writer, nonces::APPEND_NONCES)?,
+            writer: Writer::start(writer)?,
             readers: Arc::new(Readers::new(options, READERS)),
         })
     }

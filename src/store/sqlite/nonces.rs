@@ -4,18 +4,8 @@
 use crate::store::rows::*;
 use futures_util::future::BoxFuture;
 
-use super::{SqliteStore, writer::Appending};
+use super::SqliteStore;
 use crate::{clock::Millis, domain::UserId, error::Result};
-
-/// How the writer inserts the nonces appended to a transaction (see
-/// `writer`): one `[id, key, class, until]` array per nonce. A nonce seen
-/// again after it went stale replaces the old row.
-pub(super) const APPEND_NONCES: Appending = Appending(
-    "INSERT INTO nonces (id, key, class, until) \
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1) WHERE true \
-     ON CONFLICT (id) DO UPDATE SET key = excluded.key, \
-     class = excluded.class, until = excluded.until",
-);
 
 /// Rows deleted per statement when expired nonces are cleared.
 const EXPIRE_BATCH: i64 = 10_000;
@@ -31,15 +21,21 @@ impl SqliteStore {
         row: NonceRow,
         _now: Millis,
     ) -> Result<Option<BoxFuture<'static, Result<()>>>> {
-        // Appended: the nonces of a transaction go in as one statement.
         let commit = self
             .writer
-            .append(format!(
-                "[{},{},{},{}]",
-                row.id as i64, row.key as i64, row.class, row.until
-            ))
+            .execute_queued(
+                sqlx::query(
+                    "INSERT INTO nonces (id, key, class, until) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET key = excluded.key, \
+                     class = excluded.class, until = excluded.until",
+                )
+                .bind(row.id as i64)
+                .bind(row.key as i64)
+                .bind(i64::from(row.class))
+                .bind(row.until),
+            )
             .await?;
-        Ok(Some(commit))
+        Ok(Some(Box::pin(async move { commit.await.map(|_| ()) })))
     }
 
     /// Every nonce still live at `now`.

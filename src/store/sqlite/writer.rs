@@ -23,12 +23,6 @@
 //! failed job's `ROLLBACK TO` leaves an empty savepoint for the next job. A
 //! job of one statement (`Writer::execute`) runs without a savepoint of its
 //! own: SQLite undoes a failed statement alone.
-//!
-//! Rows that many requests add one each, of one kind (the replay nonces),
-//! are "appended": they wait in the batch and go in as one statement just
-//! before its `COMMIT`, so a hundred of them cost one hand-over to the
-//! connection's thread instead of a hundred. Each hand-over is a thread
-//! wake-up both ways, and those wake-ups, not SQLite, bound the writer.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -53,8 +47,6 @@ const MAX_JOBS: usize = 256;
 const MAX_AGE: Duration = Duration::from_millis(10);
 /// Jobs queued for the writer at most; callers beyond wait to hand theirs in.
 const QUEUE: usize = 1024;
-/// Appended rows in one transaction at most (the statement's JSON stays small).
-const MAX_APPENDED: usize = 1024;
 
 /// The outcome of one commit, shared by the jobs in it.
 type Outcome = Result<(), Arc<sqlx::Error>>;
@@ -73,15 +65,8 @@ struct Job {
 /// Work outside any transaction.
 type Solo = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
 
-/// A row for the appending statement, as JSON, and who waits for its commit.
-struct Appended {
-    row: String,
-    reply: oneshot::Sender<Outcome>,
-}
-
 enum Request {
     Job(Job),
-    Append(Appended),
     Solo(Solo),
     Close(oneshot::Sender<()>),
 }
@@ -93,16 +78,9 @@ pub(super) struct Writer {
     commits: Counter,
 }
 
-/// The statement that inserts every appended row of a transaction: it takes
-/// them as one JSON array in `$1` (e.g. `... SELECT value ->> 0 FROM
-/// json_each($1)`).
-#[derive(Clone, Copy)]
-pub(super) struct Appending(pub &'static str);
-
 impl Writer {
-    /// Starts the writer thread on `conn`; rows given to
-    /// [`append`](Self::append) go in through `appending`.
-    pub(super) fn start(conn: SqliteConnection, appending: Appending) -> std::io::Result<Self> {
+    /// Starts the writer thread on `conn`.
+    pub(super) fn start(conn: SqliteConnection) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel(QUEUE);
         let commits = Counter::default();
         // No I/O driver: the connection talks over channels, and without one
@@ -114,7 +92,7 @@ impl Writer {
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || runtime.block_on(serve(conn, appending, requests, counter)))?;
+            .spawn(move || runtime.block_on(serve(conn, requests, counter)))?;
         Ok(Writer { queue, commits })
     }
 
@@ -142,24 +120,18 @@ impl Writer {
         .await
     }
 
-    /// Appends `row` (JSON, one element of the appending statement's array)
-    /// to the next transaction; returns once it is queued, with a future for
-    /// its commit: whatever is queued later commits with it or later (so a
-    /// request's writes are never durable without its nonce). When the appending
-    /// statement fails, the rows' futures fail and the transaction's other
-    /// work commits without them.
-    pub(super) async fn append(&self, row: String) -> Result<BoxFuture<'static, Result<()>>> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request::Append(Appended { row, reply }))
-            .await
-            .map_err(|_| closed())?;
-        Ok(Box::pin(async move {
-            answer
-                .await
-                .map_err(|_| stopped())?
-                .map_err(Error::database)
-        }))
+    /// Like [`execute`](Self::execute), but returns as soon as the statement
+    /// is queued, with a future for its commit: whatever is queued later
+    /// commits in the same transaction or a later one.
+    pub(super) async fn execute_queued(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<BoxFuture<'static, Result<SqliteQueryResult>>> {
+        self.enqueue(
+            move |tx| Box::pin(async move { Ok(query.execute(&mut *tx).await?) }),
+            true,
+        )
+        .await
     }
 
     async fn submit<T, F>(&self, job: F, single_statement: bool) -> Result<T>
@@ -252,15 +224,14 @@ impl Writer {
 /// The writer thread's loop.
 async fn serve(
     mut conn: SqliteConnection,
-    appending: Appending,
     mut requests: mpsc::Receiver<Request>,
     commits: Counter,
 ) {
     let mut next = requests.recv().await;
     while let Some(request) = next.take() {
         match request {
-            Request::Job(_) | Request::Append(_) => {
-                next = batch(&mut conn, appending, request, &mut requests, &commits).await;
+            Request::Job(job) => {
+                next = batch(&mut conn, job, &mut requests, &commits).await;
                 if next.is_none() {
                     next = requests.recv().await;
                 }
@@ -287,26 +258,24 @@ async fn serve(
     }
 }
 
-/// One transaction: `first` (a job or an appended row), then every job and
-/// row already queued (up to the limits). Returns a request that must wait
-/// for the commit (a solo or close).
+/// One transaction: `first`, then every job already queued (up to the
+/// limits). Returns a request that must wait for the commit (a solo or
+/// close).
 async fn batch(
     conn: &mut SqliteConnection,
-    appending: Appending,
-    first: Request,
+    first: Job,
     requests: &mut mpsc::Receiver<Request>,
     commits: &Counter,
 ) -> Option<Request> {
     if let Err(e) = conn.execute("BEGIN IMMEDIATE; SAVEPOINT job").await {
         tracing::error!(error = %e, "starting a database transaction failed");
         let _ = conn.execute("ROLLBACK").await;
-        // The callers learn through their replies being dropped.
+        // The job's caller learns through its reply being dropped.
         drop(first);
         return None;
     }
     let opened = Instant::now();
     let mut kept: Vec<Finish> = Vec::new();
-    let mut appended: Vec<Appended> = Vec::new();
     // The savepoint holds work of earlier jobs: released (and a fresh one
     // set) before a job that needs a savepoint of its own.
     let mut holds_work = false;
@@ -315,75 +284,49 @@ async fn batch(
     // is still there; without the check a lone statement would run outside
     // any transaction.
     let mut check = false;
-    let mut request = first;
+    let mut job = first;
     let mut after = None;
     let mut broken = None;
     loop {
-        match request {
-            Request::Append(row) => appended.push(row),
-            Request::Job(job) => {
-                let single = job.single_statement;
-                if check || (holds_work && !single) {
-                    if let Err(e) = conn.execute("RELEASE job; SAVEPOINT job").await {
-                        broken = Some(e);
-                        drop(job);
-                        break;
-                    }
-                    (holds_work, check) = (false, false);
-                }
-                match (job.work)(conn).await {
-                    Some(finish) => {
-                        kept.push(finish);
-                        holds_work = true;
-                    }
-                    // Undone by SQLite alone.
-                    None if single => check = true,
-                    None => {
-                        if let Err(e) = conn.execute("ROLLBACK TO job").await {
-                            broken = Some(e);
-                            break;
-                        }
-                    }
-                }
-            }
-            other => {
-                after = Some(other);
+        let single = job.single_statement;
+        if check || (holds_work && !single) {
+            if let Err(e) = conn.execute("RELEASE job; SAVEPOINT job").await {
+                broken = Some(e);
+                drop(job);
                 break;
             }
+            (holds_work, check) = (false, false);
         }
-        if kept.len() >= MAX_JOBS || appended.len() >= MAX_APPENDED || opened.elapsed() >= MAX_AGE {
+        match (job.work)(conn).await {
+            Some(finish) => {
+                kept.push(finish);
+                holds_work = true;
+            }
+            // Undone by SQLite alone.
+            None if single => check = true,
+            None => {
+                if let Err(e) = conn.execute("ROLLBACK TO job").await {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        if kept.len() >= MAX_JOBS || opened.elapsed() >= MAX_AGE {
             break;
         }
         match requests.try_recv() {
-            Ok(next) => request = next,
+            Ok(Request::Job(next)) => job = next,
+            Ok(other) => {
+                after = Some(other);
+                break;
+            }
             Err(_) => break,
         }
     }
-    // The appended rows go in last, as one statement: every job queued after
-    // a row is in this transaction or a later one. A failed statement is
-    // undone alone (or, on some errors, SQLite ends the transaction, and the
-    // COMMIT then fails for everything in it).
-    let mut appended_outcome: Outcome = Ok(());
-    if broken.is_none() && !appended.is_empty() {
-        let rows = appended
-            .iter()
-            .map(|a| a.row.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        if let Err(e) = sqlx::query(appending.0)
-            .bind(format!("[{rows}]"))
-            .execute(&mut *conn)
-            .await
-        {
-            tracing::error!(error = %e, rows = appended.len(), "appending rows failed");
-            appended_outcome = Err(Arc::new(e));
-        }
-    }
-    let holds_rows = !kept.is_empty() || (!appended.is_empty() && appended_outcome.is_ok());
     let outcome: Outcome = match broken {
         // SQLite ended the transaction (it does on some errors).
         Some(e) => Err(Arc::new(e)),
-        None if !holds_rows => Ok(()),
+        None if kept.is_empty() => Ok(()),
         None => conn
             .execute("COMMIT")
             .await
@@ -392,24 +335,15 @@ async fn batch(
             })
             .map_err(Arc::new),
     };
-    if !holds_rows || outcome.is_err() {
+    if kept.is_empty() || outcome.is_err() {
         // Nothing to keep, or the commit failed: nothing of it stays.
         let _ = conn.execute("ROLLBACK").await;
     }
     if let Err(e) = &outcome {
-        tracing::error!(
-            error = %e,
-            jobs = kept.len(),
-            rows = appended.len(),
-            "a database commit failed"
-        );
+        tracing::error!(error = %e, jobs = kept.len(), "a database commit failed");
     }
     for finish in kept {
         finish(outcome.clone());
-    }
-    let rows_outcome = appended_outcome.and(outcome);
-    for row in appended {
-        let _ = row.reply.send(rows_outcome.clone());
     }
     after
 }
@@ -428,13 +362,8 @@ fn closed() -> Error {
 mod tests {
     use sqlx::{ConnectOptions as _, SqliteConnection, sqlite::SqliteConnectOptions};
 
-    use super::{Appending, Writer};
+    use super::Writer;
     use crate::error::{Error, Result};
-
-    /// Appended rows are `[k, v]`; a plain INSERT, so a duplicate key fails
-    /// the statement.
-    const APPEND: Appending =
-        Appending("INSERT INTO t (k, v) SELECT value ->> 0, value ->> 1 FROM json_each($1)");
 
     struct Db {
         _dir: tempfile::TempDir,
@@ -455,7 +384,7 @@ mod tests {
             .unwrap();
         Db {
             _dir: dir,
-            writer: Writer::start(conn, APPEND).unwrap(),
+            writer: Writer::start(conn).unwrap(),
             options,
         }
     }
@@ -628,83 +557,6 @@ mod tests {
         assert!(panicked.is_err());
         insert(&db.writer, vec![10], false).await.unwrap();
         assert_eq!(committed(&db.options).await, vec![10]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appended_rows_commit_with_the_jobs_queued_after_them() {
-        let db = db().await;
-        let mut commits = Vec::new();
-        let mut jobs = Vec::new();
-        for i in 0..50i64 {
-            // Queued first, so the job below commits with it or after it.
-            commits.push(db.writer.append(format!("[{i}, \"a\"]")).await.unwrap());
-            let writer = db.writer.clone();
-            jobs.push(tokio::spawn(async move {
-                insert(&writer, vec![1000 + i], false).await
-            }));
-        }
-        // Extremes of the i64 range survive the JSON.
-        commits.push(
-            db.writer
-                .append(format!("[{}, \"min\"]", i64::MIN))
-                .await
-                .unwrap(),
-        );
-        commits.push(
-            db.writer
-                .append(format!("[{}, \"max\"]", i64::MAX))
-                .await
-                .unwrap(),
-        );
-        for commit in commits {
-            commit.await.unwrap();
-        }
-        for job in jobs {
-            job.await.unwrap().unwrap();
-        }
-        let mut expected: Vec<i64> = (0..50).chain(1000..1050).collect();
-        expected.extend([i64::MIN, i64::MAX]);
-        expected.sort_unstable();
-        assert_eq!(committed(&db.options).await, expected);
-        let commits = db.writer.commits().get();
-        assert!(commits < 100, "100 writes took {commits} commits");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_appended_rows_fail_alone() {
-        let db = db().await;
-        insert(&db.writer, vec![1], false).await.unwrap();
-        // Queued behind a job that holds the writer, so all of it is one
-        // transaction: the rows' statement fails on the duplicate key 1.
-        let (started, hold) = tokio::sync::oneshot::channel::<()>();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let writer = db.writer.clone();
-        let holder = tokio::spawn(async move {
-            writer
-                .run(move |tx| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO t (k, v) VALUES (2, 'h')")
-                            .execute(&mut *tx)
-                            .await?;
-                        let _ = started.send(());
-                        let _ = released.await;
-                        Ok(())
-                    })
-                })
-                .await
-        });
-        hold.await.unwrap();
-        let duplicate = db.writer.append("[1, \"dup\"]".into()).await.unwrap();
-        let fresh = db.writer.append("[3, \"new\"]".into()).await.unwrap();
-        // Commits in that transaction or the next; either way without the rows.
-        let writer = db.writer.clone();
-        let job = tokio::spawn(async move { insert(&writer, vec![4], false).await });
-        release.send(()).unwrap();
-        holder.await.unwrap().unwrap();
-        assert!(duplicate.await.is_err());
-        assert!(fresh.await.is_err(), "one statement: every row in it fails");
-        job.await.unwrap().unwrap();
-        assert_eq!(committed(&db.options).await, vec![1, 2, 4]);
     }
 
     #[tokio::test]

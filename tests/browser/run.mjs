@@ -107,7 +107,6 @@ async function startInbox(name) {
   child.on("exit", (code, signal) => (server.exited = { code, signal }));
 
   let invite = null;
-  let buffered = "";
   let all = "";
   return await new Promise((resolve, reject) => {
     // The invite link comes on stdout and the listening line on stderr: two
@@ -124,24 +123,30 @@ async function startInbox(name) {
         ),
       30_000,
     );
-    const onData = (chunk) => {
-      logFile.write(chunk);
-      buffered += stripAnsi(chunk.toString());
-      all += stripAnsi(chunk.toString());
-      let nl;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        const line = buffered.slice(0, nl).trim();
-        buffered = buffered.slice(nl + 1);
-        if (/^https:\/\/\S+#\?exchange-url=\S+$/.test(line)) invite = line;
-        if (line.includes("listening")) listening = true;
-        if (listening && invite) {
-          clearTimeout(timer);
-          resolve({ ...server, invite });
+    // One line buffer per pipe: a chunk of one pipe may end mid-line while
+    // the other pipe's next chunk arrives.
+    const lines = () => {
+      let buffered = "";
+      return (chunk) => {
+        logFile.write(chunk);
+        const text = stripAnsi(chunk.toString());
+        buffered += text;
+        all += text;
+        let nl;
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl).trim();
+          buffered = buffered.slice(nl + 1);
+          if (/^https:\/\/\S+#\?exchange-url=\S+$/.test(line)) invite = line;
+          if (line.includes("listening")) listening = true;
+          if (listening && invite) {
+            clearTimeout(timer);
+            resolve({ ...server, invite });
+          }
         }
-      }
+      };
     };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
+    child.stdout.on("data", lines());
+    child.stderr.on("data", lines());
     child.on("error", (e) => {
       clearTimeout(timer);
       reject(new Error(`cannot start ${BIN}: ${e.message}`));
